@@ -1,0 +1,155 @@
+"""Native engine vs transformers `generate`, same prompts and settings, side by side.
+
+    python benchmarks/engine.py --device cpu --model smollm2          # 64 Debian prompts, 64 new tokens
+    python benchmarks/engine.py --device cuda --model 0.5b            # 512 random prompts, 128 new tokens
+
+EOS is ignored so both sides generate exactly --max-new-tokens per prompt. Runs alternate
+(native, hf, native, hf...) so load on a shared machine hits both alike; the best run of each
+counts. Greedy outputs are compared token for token. The last line is `speedup=<x>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llm_core.engine import NativeEngine  # noqa: E402
+from llm_core.hf_engine import HFEngine  # noqa: E402
+from llm_core.sampling import SamplingParams  # noqa: E402
+
+PROMPT = "Summarize the following Debian package description in one sentence:\n\n{text}"
+
+# Shapes of Qwen2.5-0.5B and Llama-3.2-1B, with random weights (no downloads needed).
+RANDOM_CONFIGS = {
+    "0.5b": dict(
+        model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+        rope_theta=1e6, max_position_embeddings=32768, rms_norm_eps=1e-6,
+    ),
+    "1b": dict(
+        model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
+        tie_word_embeddings=True, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_scaling=dict(rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                          original_max_position_embeddings=8192, rope_theta=500000.0),
+        rope_theta=500000.0,
+    ),
+}
+
+
+def builtin_model_dir() -> Path:
+    try:
+        from llm_core.builtin import ensure_builtin_model
+    except ImportError:
+        return Path("/tmp/conv")
+    return ensure_builtin_model("smollm2-135m-instruct")
+
+
+def random_model_dir(name: str) -> Path:
+    """A random-weight HF folder of the given shape, cached in the temp dir between runs."""
+    folder = Path(tempfile.gettempdir()) / f"llmbatch-bench-{name}"
+    if (folder / "config.json").exists():
+        return folder
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(RANDOM_CONFIGS[name])
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec, eos_token_id=0)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    # Random models still need a tokenizer.json to decode completions: one word per id.
+    vocab = {f"t{i}": i for i in range(config.vocab_size)}
+    Tokenizer(WordLevel(vocab, unk_token="t0")).save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def debian_prompts(model_dir: Path, data: Path, count: int) -> list[list[int]]:
+    import pyarrow.parquet as pq
+
+    from llm_core.tokenizer import ModelTokenizer
+
+    tok = ModelTokenizer(model_dir)
+    texts = pq.read_table(data, columns=["text"]).column("text").to_pylist()[:count]
+    chats = [tok.apply_chat_template([{"role": "user", "content": PROMPT.format(text=t)}]) for t in texts]
+    return tok.encode_batch(chats)
+
+
+def random_prompts(vocab_size: int, count: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(64, 513, (count,), generator=gen).tolist()
+    return [torch.randint(1, vocab_size, (n,), generator=gen).tolist() for n in lengths]
+
+
+def timed(engine, prompts, params) -> tuple[float, list[list[int]]]:
+    if engine.device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = engine.generate(prompts, params)
+    if engine.device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, [c[0].token_ids for c in out]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--model", choices=["smollm2", *RANDOM_CONFIGS], default="smollm2")
+    ap.add_argument("--data", type=Path, default=Path("examples/data/debian-summarize.parquet"))
+    ap.add_argument("--num-prompts", type=int, help="default 64 on cpu, 512 on cuda")
+    ap.add_argument("--max-new-tokens", type=int, help="default 64 on cpu, 128 on cuda")
+    ap.add_argument("--batch-size", type=int, default=64, help="transformers batch and native max_num_seqs")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--repeats", type=int, default=1, help="alternating runs per engine")
+    args = ap.parse_args()
+    on_gpu = args.device == "cuda"
+    count = args.num_prompts or (512 if on_gpu else 64)
+    new_tokens = args.max_new_tokens or (128 if on_gpu else 64)
+
+    if args.model == "smollm2":
+        model_dir = builtin_model_dir()
+        data = args.data if args.data.exists() else Path("/work/shared/datasets/debian/summarize.parquet")
+        prompts = debian_prompts(model_dir, data, count)
+    else:
+        model_dir = random_model_dir(args.model)
+        prompts = random_prompts(RANDOM_CONFIGS[args.model]["vocab_size"], count)
+    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+
+    engines = {
+        "native": NativeEngine(model_dir, device=args.device, dtype=args.dtype, max_num_seqs=args.batch_size),
+        "transformers": HFEngine(model_dir, device=args.device, dtype=args.dtype, batch_size=args.batch_size),
+    }
+    for engine in engines.values():  # first-call costs (allocations, graph capture) stay out of the timing
+        engine.generate(prompts[:2], params.with_updates(max_new_tokens=2))
+    best: dict[str, float] = {}
+    outputs: dict[str, list[list[int]]] = {}
+    for _ in range(args.repeats):
+        for name, engine in engines.items():
+            seconds, outputs[name] = timed(engine, prompts, params)
+            best[name] = min(seconds, best.get(name, float("inf")))
+            print(f"  run {name}: {seconds:.2f}s", flush=True)
+
+    prompt_tokens = sum(len(p) for p in prompts)
+    print(f"\nmodel={args.model} ({model_dir}) device={args.device} dtype={engines['native'].dtype} "
+          f"prompts={count} prompt_tokens={prompt_tokens} new_tokens/prompt={new_tokens} "
+          f"threads={torch.get_num_threads()}")
+    print(f"{'engine':<14}{'seconds':>10}{'gen tok/s':>12}{'total tok/s':>13}")
+    rate = {}
+    for name, seconds in best.items():
+        generated = sum(len(o) for o in outputs[name])
+        rate[name] = generated / seconds
+        print(f"{name:<14}{seconds:>10.2f}{rate[name]:>12.1f}{(generated + prompt_tokens) / seconds:>13.1f}")
+    same = sum(a == b for a, b in zip(outputs["native"], outputs["transformers"]))
+    print(f"greedy token-exact match: {same}/{count} ({100 * same / count:.1f}%)")
+    print(f"speedup={rate['native'] / rate['transformers']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Training throughput: our loop (Ray Train + DeepSpeed ZeRO-2) vs plain torch, on the same model.
+
+Both train the same randomly initialised Llama (built by workers.training_model, so the two
+sides cannot drift apart) on the same Debian sample, with the same micro-batch and sequence
+length; tokens/s counts real (non-pad) tokens after warm-up steps. MFU uses the PaLM FLOP count
+(workers.training_metrics) against the device's dense bf16 peak; on CPU it is printed only when
+--peak-tflops is given.
+
+    python benchmarks/train.py --device cpu --model tiny
+    python benchmarks/train.py --device cuda --model 0.5b --steps 40 --micro-batch 8 --seq-len 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SAMPLE = REPO / "examples" / "data" / "debian-pretrain-sample.parquet"
+SHAPES = {
+    # ~0.24M parameters: the CI model.
+    "tiny": {"vocab": "bpe", "vocab_size": 2048, "hidden_size": 64, "num_layers": 2, "num_heads": 4},
+    # ~0.5B parameters (hidden 1280, 24 layers, 20 heads of 64; ~470M non-embedding).
+    "0.5b": {"vocab": "bpe", "vocab_size": 32768, "hidden_size": 1280, "num_layers": 24, "num_heads": 20,
+             "intermediate_size": 3456},
+}
+
+
+def manifest_dict(args, work: Path) -> dict:
+    return {
+        "version": 1, "kind": "training", "name": f"bench-{args.model}", "task": "pretrain",
+        "objective": "causal_lm", "model": SHAPES[args.model],
+        "data": {"train": str(args.data), "seq_len": args.seq_len, "packing": True},
+        "optimizer": {"lr": 3e-4, "schedule": "constant"},
+        "training": {"micro_batch": args.micro_batch, "max_steps": args.steps, "log_every": args.log_every},
+        "deepspeed": {"zero_stage": 2, "precision": "auto"},
+        "resources": {"workers": args.workers, "gpus_per_worker": 1 if args.device == "cuda" else 0},
+        "checkpoint": {"uri": str(work / "ckpt"), "every_steps": 10**6, "keep": 1},
+        "output": {"uri": str(work / "model"), "mode": "overwrite"},
+    }
+
+
+def run_ours(manifest, args) -> dict:
+    """tokens/s over the log windows after warm-up, as rank 0 measured them (all ranks' tokens)."""
+    from cluster import ray_cluster
+    from jobs.train_runner import run_training
+
+    ray_cluster.connect(args.ray_address)
+    events: list[dict] = []
+    result = run_training(manifest, job_id=f"bench-{args.model}-{int(time.time())}", on_progress=events.append)
+    if result.status != "succeeded":
+        raise SystemExit(f"our loop failed: {result.error}")
+    windows = [e for e in events if e.get("event") == "step" and e["step"] > args.warmup]
+    tps = sum(e["tokens_per_s"] for e in windows) / max(1, len(windows))
+    return {"tokens_per_s": tps, "params": result.summary["params"]}
+
+
+def run_plain_torch(manifest, args, tokenizer_dir: Path) -> dict:
+    """The same model and data in one process: AdamW, bf16 autocast on GPU, no DeepSpeed."""
+    import torch
+
+    from workers.training_data import Encoder, train_batches
+    from workers.training_model import build_model, load_tokenizer
+    from workers.training_optim import build_optimizer
+
+    device = args.device
+    if device == "cpu":
+        # A Ray Train worker with 1 CPU runs torch on 1 thread (OMP_NUM_THREADS=1); match it, or
+        # the comparison measures thread oversubscription instead of the training loop.
+        torch.set_num_threads(1)
+    tok = load_tokenizer(tokenizer_dir)
+    model = build_model(manifest, tok, None, None, seed=0).to(device)
+    opt = build_optimizer(model, manifest.optimizer, offload=False)
+    batches = train_batches(manifest, Encoder(manifest, tok, None), rank=0, world=1)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    tokens, t0 = 0, None
+    for step in range(args.steps):
+        if step == args.warmup:
+            _sync(device)
+            tokens, t0 = 0, time.perf_counter()
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        with amp:
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), manifest.deepspeed.gradient_clipping)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens += int(batch["attention_mask"].sum())
+    _sync(device)
+    return {"tokens_per_s": tokens / (time.perf_counter() - t0)}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--model", choices=list(SHAPES), default="tiny")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")
+    p.add_argument("--log-every", type=int, default=5)
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--workers", type=int, default=1, help="our loop's Ray Train workers (plain torch: 1)")
+    p.add_argument("--data", type=Path, default=SAMPLE)
+    p.add_argument("--peak-tflops", type=float, default=None, help="per device; default: known GPUs only")
+    p.add_argument("--ray-address", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = p.parse_args(argv)
+    if args.peak_tflops:
+        os.environ["LLMBATCH_PEAK_FLOPS"] = str(args.peak_tflops * 1e12)
+
+    from jobs.manifest import parse_manifest
+    from jobs.train_runner import TOKENIZER_DIR
+    from workers.training_metrics import flops_per_token, mfu, peak_flops
+
+    work = Path(tempfile.mkdtemp(prefix="llmbatch-bench-train-"))
+    try:
+        manifest = parse_manifest(manifest_dict(args, work))
+        ours = run_ours(manifest, args)
+        torch_side = run_plain_torch(manifest, args, work / "ckpt" / TOKENIZER_DIR)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    shape = SHAPES[args.model]
+    embed = shape["vocab_size"] * shape["hidden_size"]
+    n_params = ours["params"]
+    f_tok = flops_per_token(n_params - embed, shape["num_layers"], shape["hidden_size"], args.seq_len)
+    peak = peak_flops(args.device)
+    rows = {
+        "plain torch (1 process)": (torch_side["tokens_per_s"], mfu(torch_side["tokens_per_s"], f_tok, 1, peak)),
+        f"llmbatch ZeRO-2 ({args.workers} worker)": (ours["tokens_per_s"], mfu(ours["tokens_per_s"], f_tok, args.workers, peak)),
+    }
+    if args.json:
+        print(json.dumps({"model": args.model, "device": args.device, "params": n_params,
+                          "rows": {k: {"tokens_per_s": v[0], "mfu": v[1]} for k, v in rows.items()}}))
+        return 0
+    print(f"model {args.model} ({n_params / 1e6:.2f}M params), device {args.device}, seq {args.seq_len}, "
+          f"micro-batch {args.micro_batch}, {args.steps} steps ({args.warmup} warm-up)")
+    print(f"{'':32s}{'tokens/s':>12s}{'MFU':>8s}")
+    for name, (tps, m) in rows.items():
+        print(f"{name:32s}{tps:12.0f}{(f'{m:.1%}' if m is not None else 'n/a'):>8s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""jobs: the control plane - manifests, the job runner, store, scheduler, API and CLI."""

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): routes, auth dependency, error bodies, metrics and the status page."""

@@ -1,0 +1,46 @@
+"""The FastAPI application: wiring of store, scheduler, routes, limits, errors and metrics."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from jobs.api import errors, metrics, routes_jobs, status_page
+from jobs.api.limits import DEFAULT_MAX_BODY, BodySizeLimit
+from jobs.store import Store
+
+
+def create_app(store: Store, scheduler=None, *, max_body_bytes: int = DEFAULT_MAX_BODY) -> FastAPI:
+    """`scheduler` (a jobs.scheduler.Scheduler) is started with the app and stopped with it;
+    without one the app only records and reports (tests, or API-only replicas)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if scheduler is not None:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.stop()
+
+    app = FastAPI(title="llmbatch", version="1", lifespan=lifespan,
+                  description="Queue batch-inference and training jobs on a shared Ray cluster.")
+    app.state.store = store
+    app.state.scheduler = scheduler
+    app.state.metrics = metrics.Metrics(store)
+    errors.install(app)
+    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.include_router(routes_jobs.router)
+    app.include_router(metrics.router)
+    app.include_router(status_page.router)
+
+    @app.get("/healthz", summary="Liveness: the store answers")
+    def healthz(request: Request) -> dict:
+        request.app.state.store.count_by_state()
+        sched = request.app.state.scheduler
+        return {"ok": True, "scheduler": sched.id if sched is not None else None}
+
+    return app

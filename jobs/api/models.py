@@ -1,0 +1,114 @@
+"""Request and response bodies of the HTTP API. The manifest is wrapped, not extended: the
+manifest schema stays about the work, the envelope about how the service should run it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from jobs import schedules
+
+
+class ScheduleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cron: str = Field(..., min_length=1, max_length=120, description="five-field cron, UTC")
+    on_missed: Literal["run_once", "skip"] = Field(
+        "run_once", description="a period missed while the service was down: run it once on start, or skip it")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid(cls, cron: str) -> str:
+        if len(cron.split()) != 5 or not schedules.valid_cron(cron):
+            raise ValueError("not a valid five-field cron expression")
+        return cron
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    manifest: dict[str, Any] = Field(..., description="the job manifest (schema v1); output.uri may "
+                                     "hold {date}, {datetime}, {run_id}")
+    queue: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    priority: int = Field(0, ge=-1000, le=1000, description="higher runs first")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=200,
+                                        description="the same key (per token) returns the same job")
+    max_attempts: int = Field(1, ge=1, le=20, description="runs allowed, the first included")
+    retry_backoff_s: float = Field(10.0, ge=0, le=86400, description="wait before retry n: backoff * 2^(n-1)")
+    timeout_s: float | None = Field(None, gt=0, le=30 * 86400, description="per run; the job fails after it")
+    schedule: ScheduleSpec | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    name: str
+    owner: str
+    state: str
+    queue: str
+    priority: int
+    idempotency_key: str | None = None
+    attempts: int
+    failures: int
+    max_attempts: int
+    timeout_s: float | None = None
+    schedule_id: str | None = None
+    scheduled_for: datetime | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    output_uri: str | None = None
+    manifest: dict[str, Any] | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    name: str
+    owner: str
+    cron: str
+    on_missed: str
+    enabled: bool
+    next_run_at: datetime
+    last_run_at: datetime | None = None
+    created_at: datetime
+
+
+class SubmitResponse(BaseModel):
+    created: bool
+    job: JobOut | None = None
+    schedule: ScheduleOut | None = None
+
+
+class EventOut(BaseModel):
+    seq: int
+    at: datetime
+    kind: str
+    state: str | None = None
+    message: str | None = None
+    data: Any = None
+
+
+class EventList(BaseModel):
+    job_id: str
+    state: str
+    events: list[EventOut]
+
+
+class FieldErrorOut(BaseModel):
+    path: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    message: str
+    fields: list[FieldErrorOut] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,73 @@
+"""GET /: a small read-only status page (no token: it shows states and counts, not manifests).
+
+Server-rendered and refreshed every few seconds, so it needs no JavaScript and no build step.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from jobs.store import shards_finished
+from jobs.store_models import ALL_STATES
+
+router = APIRouter()
+
+STYLE = """
+body{font:14px system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
+h1{font-size:20px;margin:0 0 12px} table{border-collapse:collapse;width:100%;background:#fff}
+th,td{padding:6px 8px;border-bottom:1px solid #e4e4e4;text-align:left;vertical-align:top}
+th{background:#f0f0f0} .counts span{display:inline-block;margin-right:14px}
+.state{font-weight:600;padding:1px 6px;border-radius:4px}
+.queued{background:#eef} .running{background:#dfd} .cancelling{background:#ffd}
+.succeeded{background:#cfc} .failed{background:#fcc} .cancelled{background:#eee}
+.bar{width:120px;height:10px;background:#e6e6e6;border-radius:5px;display:inline-block}
+.bar i{display:block;height:10px;background:#4a8;border-radius:5px}
+.err{color:#a00;max-width:360px;overflow-wrap:anywhere} td code,.prog{white-space:nowrap}
+"""
+
+
+def _num(v, fmt="{:,.0f}") -> str:
+    return fmt.format(v) if isinstance(v, (int, float)) else ""
+
+
+def _row(job: dict) -> str:
+    p = job.get("progress") or {}
+    total, done = p.get("shards_total") or 0, shards_finished(p)
+    if job["state"] == "succeeded" and not total:
+        pct = 100.0
+    else:
+        pct = 100.0 * done / total if total else 0.0
+    err = (job.get("error") or "")[:300]
+    return (
+        f"<tr><td><code>{escape(job['id'])}</code></td><td>{escape(job['name'])}</td>"
+        f"<td>{escape(job['owner'])}</td><td>{escape(job['queue'])}</td>"
+        f"<td><span class='state {escape(job['state'])}'>{escape(job['state'])}</span></td>"
+        f"<td>{job['attempts']}</td>"
+        f"<td class='prog'><span class='bar'><i style='width:{pct:.0f}%'></i></span> {done}/{total}</td>"
+        f"<td>{_num(p.get('rows'))}</td><td>{_num(p.get('tokens_per_s'), '{:,.1f}')}</td>"
+        f"<td class='err'>{escape(err)}</td>"
+        f"<td>{job['created_at']:%Y-%m-%d %H:%M:%S}</td></tr>"
+    )
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def status_page(request: Request, limit: int = 200) -> HTMLResponse:
+    store = request.app.state.store
+    counts = store.count_by_state()
+    rows = store.list_jobs(limit=max(1, min(limit, 1000)))
+    count_html = "".join(f"<span>{s}: <b>{counts.get(s, 0)}</b></span>" for s in ALL_STATES)
+    running_tps = sum((j.get("progress") or {}).get("tokens_per_s") or 0 for j in rows if j["state"] == "running")
+    count_html += f"<span>throughput of running jobs: <b>{running_tps:,.1f}</b> tokens/s</span>"
+    body = "".join(_row(j) for j in rows) or "<tr><td colspan=11>no jobs yet</td></tr>"
+    html = (
+        "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='5'>"
+        f"<title>llmbatch status</title><style>{STYLE}</style></head><body>"
+        f"<h1>llmbatch: jobs</h1><p class='counts'>{count_html}</p>"
+        "<table><thead><tr><th>id</th><th>name</th><th>owner</th><th>queue</th><th>state</th>"
+        "<th>attempts</th><th>progress (shards)</th><th>rows</th><th>tokens/s</th><th>last error</th>"
+        f"<th>created (UTC)</th></tr></thead><tbody>{body}</tbody></table></body></html>"
+    )
+    return HTMLResponse(html)

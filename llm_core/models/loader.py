@@ -1,0 +1,101 @@
+"""Load HF safetensors folders (one file, or shards listed in model.safetensors.index.json)
+into LlamaForCausalLM. Weights are only ever read with safetensors: never pickle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from llm_core.models.config import ModelConfig, read_config_dict
+from llm_core.models.llama import LlamaForCausalLM
+from llm_core.models.rope import inverse_frequencies
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+    """auto: bf16 on GPU; fp32 on CPU, where bf16 matmuls are usually slower without AMX."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return DTYPES[dtype]
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {model_dir}")
+    return files
+
+
+def read_hf_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in safetensors_files(model_dir):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                tensors[name] = f.get_tensor(name)
+    return tensors
+
+
+def to_native_names(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Rename HF keys and fuse q/k/v and gate/up into the layout LlamaForCausalLM uses."""
+    hf = {k.removeprefix("model."): v for k, v in hf.items()}
+    out = {"embed_tokens.weight": hf["embed_tokens.weight"], "norm.weight": hf["norm.weight"]}
+    out["lm_head.weight"] = hf["embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
+    for i in range(cfg.num_hidden_layers):
+        p = f"layers.{i}."
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            out[p + norm + ".weight"] = hf[p + norm + ".weight"]
+        attn, mlp = p + "self_attn.", p + "mlp."
+        out[attn + "qkv_proj.weight"] = torch.cat([hf[attn + f"{x}_proj.weight"] for x in "qkv"])
+        if cfg.qkv_bias:
+            out[attn + "qkv_proj.bias"] = torch.cat([hf[attn + f"{x}_proj.bias"] for x in "qkv"])
+        out[attn + "o_proj.weight"] = hf[attn + "o_proj.weight"]
+        if cfg.o_bias:
+            out[attn + "o_proj.bias"] = hf[attn + "o_proj.bias"]
+        out[mlp + "gate_up_proj.weight"] = torch.cat([hf[mlp + "gate_proj.weight"], hf[mlp + "up_proj.weight"]])
+        out[mlp + "down_proj.weight"] = hf[mlp + "down_proj.weight"]
+        if cfg.mlp_bias:
+            out[mlp + "gate_up_proj.bias"] = torch.cat([hf[mlp + "gate_proj.bias"], hf[mlp + "up_proj.bias"]])
+            out[mlp + "down_proj.bias"] = hf[mlp + "down_proj.bias"]
+    return out
+
+
+def load_model(
+    model_dir: str | Path, device: str = "auto", dtype: str | torch.dtype = "auto"
+) -> tuple[LlamaForCausalLM, ModelConfig]:
+    model_dir = Path(model_dir)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    cfg = ModelConfig.from_dict(read_config_dict(model_dir))
+    # Build on the meta device so no memory or time goes into a random init we overwrite.
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model = model.to_empty(device=device).to(torch_dtype)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight  # to_empty does not keep the tie
+    state = to_native_names(read_hf_state_dict(model_dir), cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(state[name])
+    # The rotary buffer was left uninitialised by to_empty; it stays fp32 for precise angles.
+    model.rotary.inv_freq = inverse_frequencies(cfg.rope, cfg.head_dim).to(device)
+    return model.eval(), cfg

@@ -1,0 +1,134 @@
+"""Task prompts, task-specific generation defaults, and output cleaning.
+
+The four tasks share one shape: a chat message per row, generation (or label scoring for
+classify), and a cleaning step that turns raw model text into the column users read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+OUTPUT_COLUMN = {"summarize": "summary", "translate": "translation", "classify": "label", "generate": "output"}
+
+LANGUAGE_NAMES = {
+    "en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
+    "pt": "Portuguese", "nl": "Dutch", "pl": "Polish", "ru": "Russian", "ja": "Japanese",
+    "zh": "Chinese", "ko": "Korean", "sv": "Swedish", "da": "Danish", "fi": "Finnish",
+    "cs": "Czech", "tr": "Turkish", "uk": "Ukrainian", "ca": "Catalan", "ro": "Romanian",
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    kind: str  # summarize | translate | classify | generate
+    target_language: str | None = None
+    source_language: str = "English"
+    labels: tuple[str, ...] = ()
+    prompt_template: str | None = None
+    system_prompt: str | None = None
+    instructions: str | None = None
+    style: str = "one_sentence"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def output_column(self) -> str:
+        return OUTPUT_COLUMN[self.kind]
+
+
+def language_name(code_or_name: str) -> str:
+    return LANGUAGE_NAMES.get(code_or_name.strip().lower(), code_or_name.strip())
+
+
+def default_sampling(kind: str) -> dict:
+    """Defaults that keep small instruct models out of loops (they repeat words when greedy)."""
+    if kind == "summarize":
+        return {"repetition_penalty": 1.1, "no_repeat_ngram_size": 4}
+    if kind == "translate":
+        # Translations legitimately repeat words of the source: a lighter touch.
+        return {"repetition_penalty": 1.05, "no_repeat_ngram_size": 0}
+    if kind == "generate":
+        return {"repetition_penalty": 1.1, "no_repeat_ngram_size": 0}
+    return {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+
+def user_message(spec: TaskSpec, text: str, target_language: str | None = None) -> str:
+    if spec.kind == "summarize":
+        if spec.style == "one_sentence":
+            return (
+                "Write a one-sentence summary (at most 15 words) of the following text. "
+                f"Reply with the summary only.\n\n{text}"
+            )
+        return f"Summarize the following text in a short paragraph. Reply with the summary only.\n\n{text}"
+    if spec.kind == "translate":
+        target = language_name(target_language or spec.target_language or "")
+        source = language_name(spec.source_language)
+        return (
+            f"Translate the following text from {source} to {target}. "
+            f"Reply with the {target} translation only.\n\n{text}"
+        )
+    if spec.kind == "classify":
+        options = ", ".join(spec.labels)
+        extra = f"{spec.instructions}\n\n" if spec.instructions else ""
+        return (
+            f"{extra}Classify the following text into exactly one of these categories: {options}.\n\n"
+            f"Text: {text}\n\nAnswer with the category name only."
+        )
+    if spec.kind == "generate":
+        # str.replace, not str.format: the row text and the template may hold other braces.
+        return (spec.prompt_template or "{text}").replace("{text}", text)
+    raise ValueError(f"unknown task {spec.kind!r}")
+
+
+def build_messages(spec: TaskSpec, text: str, target_language: str | None = None) -> list[dict]:
+    messages = []
+    if spec.system_prompt:
+        messages.append({"role": "system", "content": spec.system_prompt})
+    messages.append({"role": "user", "content": user_message(spec, text, target_language)})
+    return messages
+
+
+# Small models often announce their answer ("The one-sentence version: ...", "Here's a summary:").
+_PREFIXES = re.compile(
+    r"^\s*[^:\n]{0,40}\b(summary|summarization|version|suggestion|translation|answer|category|label|output)"
+    r"\b[^:\n]{0,25}:\s*",
+    re.I,
+)
+_SENTENCE_END = re.compile(r"(?<=[A-Za-z0-9)\]][.!?])[\"']?\s+(?=[A-Z])")
+_BULLET = "*-\u2022 \t#>"
+
+
+def clean_output(spec: TaskSpec, raw: str) -> str:
+    text = raw.strip()
+    if spec.kind == "generate":
+        return text
+    lines = [line.strip().lstrip(_BULLET).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    while len(lines) > 1 and lines[0].endswith(":"):  # "Here's a one-line summary:" then the answer
+        lines.pop(0)
+    text = lines[0] if spec.kind == "summarize" and spec.style == "one_sentence" and lines else "\n".join(lines)
+    for _ in range(2):  # "The one-sentence summary: The one-sentence summary is: ..."
+        stripped = _PREFIXES.sub("", text, count=1).strip()
+        if stripped:
+            text = stripped
+    if text.endswith(":") and _PREFIXES.match(text + " "):
+        return ""  # only an announcement, no answer
+    if spec.kind == "summarize" and spec.style == "one_sentence":
+        text = _SENTENCE_END.split(" ".join(text.split()))[0]
+    if text[:1] in "\"'" and text.count(text[0]) <= 2:
+        text = text.strip(text[0]).strip()
+    return text
+
+
+def match_label(labels: tuple[str, ...], raw: str) -> str | None:
+    """The label a free-text answer names (exact, then case-insensitive, then substring)."""
+    answer = raw.strip().strip(".").strip()
+    for label in labels:
+        if answer == label:
+            return label
+    lowered = answer.lower()
+    for label in labels:
+        if lowered == label.lower():
+            return label
+    hits = [label for label in labels if re.search(rf"\b{re.escape(label.lower())}\b", lowered)]
+    return hits[0] if len(hits) == 1 else None

@@ -1,0 +1,1 @@
+"""workers: Ray actors - shard planning, the inference pool and shard commit, training."""

@@ -1,0 +1,79 @@
+"""Run a fine-tuned classification model folder: texts -> labels through its trained head.
+
+A folder is a classifier when its config.json says `"llmbatch_task": "classification"`; it then
+holds classifier.safetensors (head weight [labels, hidden] and bias) and labels.json (the label of
+each output row, in order). The text is tokenized exactly as in training (no chat template, no
+special tokens, cut to `max_tokens`), run through the language model's decoder, and the final
+hidden state of the last real token goes through the head; the label is the argmax.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from workers.training_data import collate
+from workers.training_model import CLASSIFIER_FILE, LABELS_FILE, load_tokenizer
+
+
+def is_classifier(model_dir: str | Path) -> bool:
+    config = Path(model_dir) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("llmbatch_task") == "classification"
+
+
+class Classifier:
+    def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 16, max_tokens: int | None = None):
+        from safetensors.torch import load_file
+        from transformers import LlamaModel
+
+        model_dir = Path(model_dir)
+        if not is_classifier(model_dir):
+            raise ValueError(f"{model_dir} is not a classification model (no llmbatch_task in config.json)")
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.labels: list[str] = json.loads((model_dir / LABELS_FILE).read_text())
+        self.tokenizer = load_tokenizer(model_dir)
+        # The causal LM's decoder only: the head replaces lm_head (its weights are not needed).
+        self.decoder = LlamaModel.from_pretrained(str(model_dir), dtype=self.dtype).to(self.device).eval()
+        head = load_file(str(model_dir / CLASSIFIER_FILE))
+        self.head = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0]).to(self.device)
+        with torch.no_grad():
+            self.head.weight.copy_(head["weight"])
+            self.head.bias.copy_(head["bias"])
+        if self.head.out_features != len(self.labels):
+            raise ValueError(f"{model_dir}: head has {self.head.out_features} outputs, labels.json {len(self.labels)}")
+        config = json.loads((model_dir / "config.json").read_text())
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens or config.get("llmbatch_max_tokens") or config.get("max_position_embeddings", 512)
+
+    @torch.no_grad()
+    def predict_proba(self, texts: list[str]) -> list[list[float]]:
+        """Per text, the probability of each label (in `self.labels` order)."""
+        ids = [self.tokenizer(t or "", add_special_tokens=False)["input_ids"][: self.max_tokens] or
+               [self.tokenizer.pad_token_id] for t in texts]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
+        out: list[list[float] | None] = [None] * len(ids)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = collate([{"input_ids": ids[i], "label": 0} for i in chunk], self.tokenizer.pad_token_id)
+            mask = batch["attention_mask"].to(self.device)
+            hidden = self.decoder(input_ids=batch["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
+            last = mask.sum(dim=1) - 1
+            pooled = hidden[torch.arange(hidden.size(0), device=self.device), last].float()
+            probs = torch.softmax(self.head(pooled), dim=-1).cpu().tolist()
+            for i, p in zip(chunk, probs):
+                out[i] = p
+        return out  # type: ignore[return-value]
+
+    def predict(self, texts: list[str]) -> list[str]:
+        return [self.labels[max(range(len(p)), key=p.__getitem__)] for p in self.predict_proba(texts)]
+
+
+def load_classifier(model_dir: str | Path, **kwargs) -> Classifier:
+    """The object an inference actor keeps: `.predict(texts) -> labels`, `.labels`."""
+    return Classifier(model_dir, **kwargs)

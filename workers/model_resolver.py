@@ -1,0 +1,52 @@
+"""A manifest's `model:` reference -> a canonical model folder on this node.
+
+`builtin:NAME` is fetched and converted once into the node's model cache; `s3://...` folders
+are downloaded once per node; local folders are used in place. Several actors on one node may
+ask at once: a node-wide lock makes exactly one of them do the work.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+
+from cluster import model_cache, storage
+from llm_core import builtin
+
+log = structlog.get_logger()
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+def _check_folder(path: Path, ref: str) -> Path:
+    if not (path / "config.json").is_file():
+        raise ModelNotFound(f"model {ref!r}: {path} is not a model folder (no config.json)")
+    return path
+
+
+def resolve_model(ref: str) -> Path:
+    name = builtin.builtin_name(ref)
+    if name is not None:
+        builtin.lookup(name)  # unknown names fail before any lock or download
+        dest = model_cache.models_dir() / name
+        if (dest / "config.json").is_file():
+            return dest
+        with model_cache.node_lock(f"model-{name}"):
+            if not (dest / "config.json").is_file():
+                log.info("model.fetch_builtin", model=ref, dest=str(dest))
+                builtin.fetch_and_convert(name, dest)
+                log.info("model.ready", model=ref, dest=str(dest))
+        return dest
+    if storage.is_s3(ref):
+        from cluster.model_download import download_folder
+
+        safe = ref[len("s3://") :].strip("/").replace("/", "__")
+        return _check_folder(download_folder(ref, model_cache.models_dir() / "s3" / safe), ref)
+    path = Path(os.path.expanduser(ref))
+    if not path.exists():
+        raise ModelNotFound(f"model {ref!r} not found (expected builtin:NAME, s3://... or a local folder)")
+    return _check_folder(path.resolve(), ref)

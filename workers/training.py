@@ -1,0 +1,194 @@
+"""The per-worker training loop run by Ray Train's TorchTrainer, with DeepSpeed ZeRO applied here.
+
+Each worker: build the plain torch model (workers.training_model), wrap it with
+deepspeed.initialize, resume from the newest complete checkpoint under checkpoint.uri (if any),
+then loop over micro-batches of its data share; every `log_every` optimizer steps rank 0 reports
+loss, tokens/s and MFU; every `eval_every` steps all ranks evaluate; every `every_steps` steps all
+ranks checkpoint. At the end rank 0 writes the canonical model folder to output.uri.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import structlog
+import torch
+import torch.distributed as dist
+
+from cluster import logs, storage
+from workers import training_checkpoint as ckpt
+from workers.training_data import Encoder, eval_batches, train_batches
+from workers.training_deepspeed import deepspeed_config, resolve_precision
+from workers.training_eval import _to, evaluate, forward_loss
+from workers.training_metrics import flops_per_token, mfu, peak_flops
+from workers.training_model import build_model, causal_lm_of, count_params, export_model, load_tokenizer
+from workers.training_optim import build_optimizer, build_scheduler
+
+
+def _tokenizer_dir(config: dict, rank: int) -> Path:
+    """A local folder with the tokenizer: a model ref resolved on this node, or a stored folder."""
+    from workers.model_resolver import resolve_model
+
+    source = config["tokenizer"]
+    if source["kind"] == "ref":
+        return resolve_model(source["value"])
+    local = Path(tempfile.mkdtemp(prefix=f"llmbatch-tok-r{rank}-"))
+    return ckpt.download_folder(source["value"], local)
+
+
+class _Progress:
+    """Rank 0 pushes events to the runner's ProgressSink; other ranks stay silent."""
+
+    def __init__(self, sink, rank: int):
+        self.sink, self.rank = sink, rank
+
+    def __call__(self, **event) -> None:
+        if self.sink is not None and self.rank == 0:
+            self.sink.push.remote(event)
+
+    def cancel_requested(self) -> bool:
+        """Rank 0 asks the runner; the answer reaches every rank through the next all-reduce."""
+        import ray
+
+        return self.rank == 0 and self.sink is not None and bool(ray.get(self.sink.cancelled.remote()))
+
+
+def train_loop(config: dict) -> None:
+    import deepspeed
+    import ray.train
+
+    from jobs.manifest_training import TrainingManifest  # data only: the schema, no control plane
+
+    logs.ensure_configured()
+    manifest = TrainingManifest.model_validate(config["manifest"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    os.environ.setdefault("LOCAL_RANK", str(ctx.get_local_rank()))
+    log = structlog.get_logger().bind(job_id=config["job_id"], rank=rank, world=world)
+    progress = _Progress(config.get("sink"), rank)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(manifest.deepspeed.precision, device)
+    total_steps, labels = config["total_steps"], config.get("labels")
+    tr, ck = manifest.training, manifest.checkpoint
+
+    tok_dir = _tokenizer_dir(config, rank)
+    tokenizer = load_tokenizer(tok_dir)
+    model_dir = None
+    if manifest.task == "finetune":
+        from workers.model_resolver import resolve_model
+
+        model_dir = resolve_model(manifest.model.uri)
+    module = build_model(manifest, tokenizer, model_dir, labels, seed=tr.seed)
+    optimizer = build_optimizer(module, manifest.optimizer, manifest.deepspeed.offload_optimizer != "none")
+    scheduler = build_scheduler(optimizer, total_steps, manifest.optimizer)
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(manifest, precision=precision),
+    )
+    n_params, n_dense = count_params(module)
+    lm_cfg = causal_lm_of(module).config
+    flops_tok = flops_per_token(n_dense, lm_cfg.num_hidden_layers, lm_cfg.hidden_size, manifest.data.seq_len)
+    peak = peak_flops(device)
+    log.info("train.start", params=n_params, precision=precision, zero_stage=manifest.deepspeed.zero_stage,
+             total_steps=total_steps, device=device)
+
+    step = 0
+    resume_from = ckpt.latest_complete(ck.uri)
+    if resume_from is not None:
+        ckpt.load(engine, ck.uri, resume_from, rank)
+        step = resume_from
+        log.info("train.resumed", from_step=step, checkpoint=storage.join(ck.uri, ckpt.tag(step)))
+        progress(event="resumed", step=step)
+
+    encoder = Encoder(manifest, tokenizer, labels)
+    evals = eval_batches(manifest, encoder, rank, world) if step < total_steps else []
+    batches = train_batches(manifest, encoder, rank, world, skip=step * tr.grad_accum)
+    # loss sum, micro-batches, tokens, cancel flag: one all-reduce per log step carries them all
+    window = torch.zeros(4, dtype=torch.float64, device=engine.device)
+    t_window, last_eval, last_saved = time.perf_counter(), {}, resume_from
+    engine.train()
+    while step < total_steps:
+        batch = _to(next(batches), engine.device)
+        loss, _ = forward_loss(engine, batch, manifest.objective)
+        engine.backward(loss)
+        engine.step()
+        window += torch.tensor([loss.item(), 1.0, float(batch["attention_mask"].sum()), 0.0],
+                               dtype=torch.float64, device=engine.device)
+        if not engine.is_gradient_accumulation_boundary():
+            continue
+        step += 1
+        if step % tr.log_every == 0 or step == total_steps:
+            window[3] = float(progress.cancel_requested())
+            dist.all_reduce(window)
+            cancelled = bool(window[3] > 0)
+            elapsed = time.perf_counter() - t_window
+            tps = float(window[2]) / max(elapsed, 1e-9)
+            row = {"event": "step", "step": step, "total_steps": total_steps,
+                   "loss": float(window[0] / window[1]) if window[1] else None,
+                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps,
+                   "mfu": mfu(tps, flops_tok, world, peak)}
+            if rank == 0:
+                log.info("train.step", **{k: v for k, v in row.items() if k != "event"})
+            progress(**row)
+            window.zero_()
+            t_window = time.perf_counter()
+            if cancelled and step < total_steps:  # keep the work done: a rerun resumes here
+                ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps), rank, ck.keep, log)
+                log.info("train.cancelled", step=step)
+                progress(event="cancelled", step=step)
+                return
+        if tr.eval_every and step % tr.eval_every == 0 and step < total_steps:
+            last_eval = evaluate(engine, evals, manifest.objective, labels, tokenizer.pad_token_id)
+            if last_eval and rank == 0:
+                log.info("train.eval", step=step, **last_eval)
+            if last_eval:
+                progress(event="eval", step=step, **last_eval)
+        if step % ck.every_steps == 0 and step < total_steps:
+            ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps), rank, ck.keep, log)
+            last_saved = step
+        _maybe_crash(config, step, rank, world, resume_from, log)
+
+    if last_saved != step:  # the end state too, so a rerun after a failed export skips training
+        ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps), rank, ck.keep, log)
+    last_eval = evaluate(engine, evals, manifest.objective, labels, tokenizer.pad_token_id) or last_eval
+    if last_eval:
+        progress(event="eval", step=step, **last_eval)
+        if rank == 0:
+            log.info("train.eval", step=step, **last_eval)
+    _export(engine, module, tok_dir, labels, manifest, rank, log)
+    progress(event="done", step=step, final_eval=last_eval, params=n_params, resumed_from=resume_from)
+
+
+def _meta(config: dict, step: int, total_steps: int) -> dict:
+    return {"step": step, "total_steps": total_steps, "manifest_hash": config["manifest_hash"],
+            "job_id": config["job_id"], "time": time.time()}
+
+
+def _maybe_crash(config: dict, step: int, rank: int, world: int, resume_from, log) -> None:
+    """Test hook (chaos tests only): the last rank dies hard once, on the first attempt."""
+    at = config.get("crash_at_step")
+    if at is not None and step == at and rank == world - 1 and resume_from is None:
+        log.warning("train.crash_for_test", step=step)
+        os._exit(1)
+
+
+def _export(engine, module, tok_dir: Path, labels, manifest, rank: int, log) -> None:
+    """Gather the full weights (ZeRO-3 shards them) and write the model folder from rank 0."""
+    import deepspeed
+
+    params = list(module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if rank == 0 else None
+    if rank == 0:
+        local = Path(tempfile.mkdtemp(prefix="llmbatch-export-"))
+        try:
+            export_model(state, module, tok_dir, labels, local, manifest.data.seq_len)
+            ckpt.upload_folder(local, manifest.output.uri)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        log.info("train.exported", uri=manifest.output.uri)
+    dist.barrier()

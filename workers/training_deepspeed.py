@@ -1,0 +1,106 @@
+"""The DeepSpeed config of a training manifest, and its check by DeepSpeed's own parser.
+
+The manifest's typed fields build the config; `deepspeed.override` is deep-merged last, so a
+user can reach any DeepSpeed option we do not model. The same function serves the manifest
+check (on the submitting machine) and the workers, so both see one config.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """auto: bf16 on a GPU that has it, fp16 on an older GPU, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def deepspeed_config(manifest, precision: str | None = None) -> dict[str, Any]:
+    """Full DeepSpeed config dict. `precision`: the resolved one (bf16/fp16/fp32) on a worker."""
+    ds, tr = manifest.deepspeed, manifest.training
+    precision = precision or resolve_precision(ds.precision, "cpu")
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": ds.offload_optimizer}
+    if ds.offload_params != "none":
+        zero["offload_param"] = {"device": ds.offload_params}
+    if ds.zero_stage == 3:
+        # Export gathers parameters itself; keep saves of ZeRO-3 shards small and complete.
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    config = {
+        "train_micro_batch_size_per_gpu": tr.micro_batch,
+        "gradient_accumulation_steps": tr.grad_accum,
+        "gradient_clipping": ds.gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        # We pass a torch AdamW (the same on CPU and GPU, no op build); DeepSpeed's CPU Adam is
+        # only required for optimizer offload, where it is much faster.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": ds.offload_optimizer != "none",
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    return deep_merge(config, ds.override)
+
+
+def check_deepspeed_config(config: dict, world_size: int) -> list[tuple[tuple, str]]:
+    """Problems DeepSpeed's own parser finds in `config`, as (location, message) pairs.
+
+    DeepSpeedConfig reads the world size from torch.distributed (1 when there is none), so the
+    batch-size identity is checked here against the manifest's worker count instead.
+    """
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from pydantic import ValidationError
+
+    problems: list[tuple[tuple, str]] = []
+    probe = copy.deepcopy(config)
+    train_batch = probe.pop("train_batch_size", None)
+    micro = probe.get("train_micro_batch_size_per_gpu")
+    accum = probe.get("gradient_accumulation_steps")
+    if train_batch is not None and micro and accum and train_batch != micro * accum * world_size:
+        problems.append(((
+            "train_batch_size",),
+            f"must equal micro_batch * grad_accum * workers = {micro * accum * world_size}",
+        ))
+    try:
+        DeepSpeedConfig(probe)
+    except ValidationError as exc:  # DeepSpeed's sub-configs are pydantic models
+        section = _section_of(exc, probe)
+        for err in exc.errors():
+            problems.append(((*section, *[str(x) for x in err["loc"]]), err["msg"]))
+    except Exception as exc:  # AssertionError, ValueError, DeepSpeedConfigError, KeyError ...
+        problems.append(((), f"DeepSpeed refused the config: {type(exc).__name__}: {exc}"))
+    return problems
+
+
+def _section_of(exc, config: dict) -> tuple:
+    """Which top-level block a DeepSpeed sub-config error came from (its model's title)."""
+    titles = {
+        "DeepSpeedZeroConfig": "zero_optimization",
+        "DeepSpeedBF16Config": "bf16",
+        "DeepSpeedFP16Config": "fp16",
+        "DeepSpeedActivationCheckpointingConfig": "activation_checkpointing",
+        "DeepSpeedFlopsProfilerConfig": "flops_profiler",
+        "DeepSpeedZeroOffloadOptimizerConfig": "zero_optimization.offload_optimizer",
+        "DeepSpeedZeroOffloadParamConfig": "zero_optimization.offload_param",
+    }
+    name = titles.get(getattr(exc, "title", ""), "")
+    return tuple(name.split(".")) if name else ()
