@@ -117,7 +117,7 @@ class TrainingManifest(Strict):
     max_failures: int = Field(3, ge=0, le=100, description="worker-group restarts (Ray Train FailureConfig)")
 
     @classmethod
-    def model_validate(cls, obj: Any, **kwargs) -> "TrainingManifest":
+    def model_validate(cls, obj: Any, **kwargs) -> TrainingManifest:
         manifest = super().model_validate(obj, **kwargs)
         problems = manifest._cross_field_problems()
         if problems:

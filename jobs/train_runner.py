@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import structlog
 
 from cluster import storage
 from jobs.manifest_training import BPE, TrainingManifest
-
 from jobs.results import JobResult
-
 
 SUCCESS = "_SUCCESS.json"
 TOKENIZER_DIR = "tokenizer"
 
 
-def run_training(manifest: TrainingManifest, *, job_id: str, ray_address: str | None = None,
+def run_training(manifest: TrainingManifest, *, job_id: str | None = None, ray_address: str | None = None,
                  on_progress: Callable[[dict], None] | None = None, show_progress: bool = False,
                  cancel: threading.Event | None = None, crash_at_step: int | None = None) -> JobResult:
     """Train to completion, failure or cancel.
@@ -37,7 +37,9 @@ def run_training(manifest: TrainingManifest, *, job_id: str, ray_address: str | 
     loss, lr, tokens_per_s, mfu, eval_* values, with `event` naming what just happened (step,
     eval, resumed, cancelled, done). `crash_at_step` is a chaos-test hook only.
     """
-    log = structlog.get_logger().bind(job_id=job_id, job=manifest.name)
+    job_id = job_id or f"{manifest.name}-{uuid.uuid4().hex[:8]}"
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    log = structlog.get_logger().bind(job=manifest.name)
     manifest = absolute_uris(manifest)
     out_uri = manifest.output.uri
     done = storage.exists(storage.join(out_uri, SUCCESS))
@@ -60,7 +62,7 @@ def run_training(manifest: TrainingManifest, *, job_id: str, ray_address: str | 
         config["crash_at_step"] = crash_at_step
         events, elapsed = _fit(manifest, job_id, config, on_progress, show_progress, cancel, log)
     except Exception as exc:  # the job fails with the reason; the caller records it
-        log.error("train.failed", error=str(exc), exc_info=True)
+        log.exception("train.failed", error=str(exc))
         return JobResult("failed", out_uri, f"{type(exc).__name__}: {exc}")
 
     summary = _summary(manifest, config, events, elapsed)
@@ -68,7 +70,7 @@ def run_training(manifest: TrainingManifest, *, job_id: str, ray_address: str | 
         log.info("train.cancelled", step=summary["steps"])
         return JobResult("cancelled", out_uri, "cancelled by request", summary)
     storage.write_bytes(storage.join(out_uri, SUCCESS), json.dumps(summary, indent=1).encode())
-    log.info("train.succeeded", output=out_uri, steps=summary["steps"], seconds=round(elapsed, 1))
+    log.info("train.succeeded", output=out_uri, steps=summary["steps"], wall_s=round(elapsed, 1))
     return JobResult("succeeded", out_uri, None, summary)
 
 
@@ -91,7 +93,12 @@ def _prepare(manifest: TrainingManifest, job_id: str, log) -> dict:
     """What every worker must agree on, decided once here: tokenizer, labels, total steps."""
     from workers import training_checkpoint as ckpt
     from workers.model_resolver import resolve_model
-    from workers.training_data import Encoder, count_rows, count_samples, discover_labels
+    from workers.training_data import (
+        Encoder,
+        count_rows,
+        count_samples,
+        discover_labels,
+    )
     from workers.training_model import load_tokenizer
 
     m = manifest
@@ -122,7 +129,6 @@ def _prepare(manifest: TrainingManifest, job_id: str, log) -> dict:
 
 def _stored_bpe(manifest: TrainingManifest, log) -> str:
     """The job's BPE tokenizer beside its checkpoints, trained on the first run only."""
-    from workers import training_checkpoint as ckpt
     from workers.training_tokenizer import train_bpe
 
     uri = storage.join(manifest.checkpoint.uri, TOKENIZER_DIR)
@@ -150,6 +156,7 @@ def _fit(manifest, job_id, config, on_progress, show_progress, cancel, log) -> t
     use_gpu = res.gpus_per_worker > 0
     sink = ProgressSink.remote()
     config["sink"] = sink
+    run_state = tempfile.mkdtemp(prefix="llmbatch-raytrain-")  # Ray's run bookkeeping only
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
@@ -158,7 +165,7 @@ def _fit(manifest, job_id, config, on_progress, show_progress, cancel, log) -> t
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
             name=f"llmbatch-{job_id}",
-            storage_path=tempfile.mkdtemp(prefix="llmbatch-raytrain-"),  # Ray's run state only
+            storage_path=run_state,
             failure_config=FailureConfig(max_failures=manifest.max_failures),
             worker_runtime_env={"env_vars": s3.worker_env()},
         ),
@@ -184,6 +191,7 @@ def _fit(manifest, job_id, config, on_progress, show_progress, cancel, log) -> t
         poller.join(timeout=10)
         _drain(ray.get(sink.drain.remote()), events, state, on_progress, show_progress)
         ray.kill(sink)
+        shutil.rmtree(run_state, ignore_errors=True)
     return events, time.perf_counter() - t0
 
 
@@ -210,5 +218,5 @@ def _summary(manifest, config, events: list[dict], elapsed: float) -> dict:
         "mfu": steps[-1]["mfu"] if steps else None,
         "eval": done.get("final_eval") or {},
         "resumed_from": [e["step"] for e in events if e.get("event") == "resumed"],
-        "labels": config["labels"], "params": done.get("params"), "seconds": round(elapsed, 1),
+        "labels": config["labels"], "params": done.get("params"), "wall_s": round(elapsed, 1),
     }

@@ -96,11 +96,10 @@ def test_exported_model_runs_in_inference(ray_local, tmp_path):
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from workers.training_data import is_holdout
-
     from llm_core.llm import LLM
     from llm_core.sampling import SamplingParams
     from llm_core.tasks import TaskSpec
+    from workers.training_data import is_holdout
 
     result = run_training(parse_manifest(tiny(tmp_path)), job_id="t-export")
     assert result.status == "succeeded", result.error

@@ -3,18 +3,22 @@ bookkeeping, the DeepSpeed config, throughput arithmetic."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from jobs.manifest import parse_manifest
 from workers import training_checkpoint as ckpt
-from workers.training_data import IGNORE, Encoder, collate, list_units, rank_rows, train_batches
+from workers.training_data import (
+    IGNORE,
+    Encoder,
+    collate,
+    list_units,
+    rank_rows,
+    train_batches,
+)
 from workers.training_deepspeed import deepspeed_config
 from workers.training_metrics import flops_per_token, mfu
 from workers.training_optim import lr_factor

@@ -23,9 +23,15 @@ from cluster import logs, storage
 from workers import training_checkpoint as ckpt
 from workers.training_data import Encoder, eval_batches, train_batches
 from workers.training_deepspeed import deepspeed_config, resolve_precision
-from workers.training_eval import _to, evaluate, forward_loss
+from workers.training_eval import evaluate, forward_loss, to_device
 from workers.training_metrics import flops_per_token, mfu, peak_flops
-from workers.training_model import build_model, causal_lm_of, count_params, export_model, load_tokenizer
+from workers.training_model import (
+    build_model,
+    causal_lm_of,
+    count_params,
+    export_model,
+    load_tokenizer,
+)
 from workers.training_optim import build_optimizer, build_scheduler
 
 
@@ -61,7 +67,9 @@ def train_loop(config: dict) -> None:
     import deepspeed
     import ray.train
 
-    from jobs.manifest_training import TrainingManifest  # data only: the schema, no control plane
+    from jobs.manifest_training import (
+        TrainingManifest,  # data only: the schema, no control plane
+    )
 
     logs.ensure_configured()
     manifest = TrainingManifest.model_validate(config["manifest"])
@@ -99,6 +107,10 @@ def train_loop(config: dict) -> None:
     step = 0
     resume_from = ckpt.latest_complete(ck.uri)
     if resume_from is not None:
+        written_by = ckpt.read_meta(ck.uri, resume_from).get("world_size", world)
+        if written_by != world:  # ZeRO shards are cut per rank: another world size cannot load them
+            raise ValueError(f"checkpoint step-{resume_from} under {ck.uri} was written by {written_by} workers, "
+                             f"this run has {world}; keep resources.workers or use output.mode: overwrite")
         ckpt.load(engine, ck.uri, resume_from, rank)
         step = resume_from
         log.info("train.resumed", from_step=step, checkpoint=storage.join(ck.uri, ckpt.tag(step)))
@@ -112,7 +124,7 @@ def train_loop(config: dict) -> None:
     t_window, last_eval, last_saved = time.perf_counter(), {}, resume_from
     engine.train()
     while step < total_steps:
-        batch = _to(next(batches), engine.device)
+        batch = to_device(next(batches), engine.device)
         loss, _ = forward_loss(engine, batch, manifest.objective)
         engine.backward(loss)
         engine.step()
@@ -164,8 +176,8 @@ def train_loop(config: dict) -> None:
 
 
 def _meta(config: dict, step: int, total_steps: int) -> dict:
-    return {"step": step, "total_steps": total_steps, "manifest_hash": config["manifest_hash"],
-            "job_id": config["job_id"], "time": time.time()}
+    return {"step": step, "total_steps": total_steps, "world_size": dist.get_world_size(),
+            "manifest_hash": config["manifest_hash"], "job_id": config["job_id"], "time": time.time()}
 
 
 def _maybe_crash(config: dict, step: int, rank: int, world: int, resume_from, log) -> None:

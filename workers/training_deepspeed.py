@@ -86,7 +86,7 @@ def check_deepspeed_config(config: dict, world_size: int) -> list[tuple[tuple, s
         section = _section_of(exc, probe)
         for err in exc.errors():
             problems.append(((*section, *[str(x) for x in err["loc"]]), err["msg"]))
-    except Exception as exc:  # AssertionError, ValueError, DeepSpeedConfigError, KeyError ...
+    except Exception as exc:  # noqa: BLE001 - AssertionError, ValueError, DeepSpeedConfigError, KeyError ...
         problems.append(((), f"DeepSpeed refused the config: {type(exc).__name__}: {exc}"))
     return problems
 

@@ -20,7 +20,7 @@ def _dummy_batch(objective: str, pad_id: int) -> dict:
     return collate([{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}], pad_id)
 
 
-def _to(batch: dict, device) -> dict:
+def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -46,7 +46,7 @@ def evaluate(engine, batches: list[dict], objective: str, labels: list[str] | No
     preds: list[str] = []
     for i in range(int(count.item())):
         real = i < len(batches)
-        batch = _to(batches[i] if real else _dummy_batch(objective, pad_id), device)
+        batch = to_device(batches[i] if real else _dummy_batch(objective, pad_id), device)
         loss, logits = forward_loss(engine, batch, objective)
         if not real:
             continue

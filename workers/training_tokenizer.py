@@ -6,8 +6,8 @@ tokenizer/`), so every worker, every resumed attempt and the exported model shar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
