@@ -108,7 +108,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="transformers batch and native max_num_seqs")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs per engine")
+    ap.add_argument("--threads", type=int, help="torch CPU threads for both engines (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        # On a busy shared machine, 1 thread avoids OpenMP barriers waiting on a descheduled peer.
+        torch.set_num_threads(args.threads)
     on_gpu = args.device == "cuda"
     count = args.num_prompts or (512 if on_gpu else 64)
     new_tokens = args.max_new_tokens or (128 if on_gpu else 64)

@@ -81,23 +81,28 @@ def _engine_only(inp: str, model: str, max_new_tokens: int, batch_size: int) -> 
     import pyarrow.parquet as pq
     import torch
 
+    from jobs.runner import build_work
     from llm_core.llm import LLM
-    from llm_core.sampling import SamplingParams
-    from llm_core.tasks import TaskSpec
 
     torch.set_num_threads(1)  # like an actor given one CPU
+    # The job's own task and sampling settings (task defaults such as repetition penalty included).
+    args = argparse.Namespace(rows_per_shard=None, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    work = build_work(manifest(Path(inp), Path(inp).parent / "unused", Path(model), 1, args), "engine-alone")
     t1 = time.perf_counter()
     llm = LLM(model, engine="native", device="cpu", batch_size=batch_size)
     t2 = time.perf_counter()
     f = pq.ParquetFile(inp)
+    tokens = 0
     for rg in range(f.num_row_groups):
         texts = f.read_row_group(rg, columns=["text"]).column("text").to_pylist()
-        llm.run_task(TaskSpec("summarize"), texts, SamplingParams(max_new_tokens=max_new_tokens))
+        results = llm.run_task(work.task, texts, work.sampling, max_input_tokens=work.max_input_tokens,
+                               on_long_input=work.on_long_input)
+        tokens += sum(r.completion_tokens for r in results)
     t3 = time.perf_counter()
-    print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "generate_s": t3 - t2}))
+    print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "generate_s": t3 - t2, "completion_tokens": tokens}))
 
 
-def job_on_cluster(nodes: int, inp: Path, out: Path, model: Path, args) -> float:
+def job_on_cluster(nodes: int, inp: Path, out: Path, model: Path, args) -> tuple[float, int]:
     import ray
 
     from jobs.runner import run_job
@@ -110,10 +115,9 @@ def job_on_cluster(nodes: int, inp: Path, out: Path, model: Path, args) -> float
         t0 = time.perf_counter()
         result = run_job(m, job_id=f"scaling-{nodes}-{int(t0)}", ray_address=cluster.address)
         elapsed = time.perf_counter() - t0
-        status = getattr(result, "status", None) or getattr(result, "state", None)
-        if status not in (None, "succeeded"):
-            raise RuntimeError(f"{nodes}-node job ended {status}: {getattr(result, 'error', '')}")
-        return elapsed
+        if result.status != "succeeded":
+            raise RuntimeError(f"{nodes}-node job ended {result.status}: {result.error}")
+        return elapsed, result.summary.get("completion_tokens", 0)
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -156,12 +160,17 @@ def main() -> None:
     best = {"engine": float("inf"), "one": float("inf"), "two": float("inf")}
     for i in range(args.repeat):  # interleaved, so background load hits all three alike
         eng = engine_alone(inp, model, args)
-        best["engine"] = min(best["engine"], eng["wall_s"])
-        best["one"] = min(best["one"], job_on_cluster(1, inp, work / f"out1-{i}", model, args))
-        best["two"] = min(best["two"], job_on_cluster(2, inp, work / f"out2-{i}", model, args))
+        one, one_tokens = job_on_cluster(1, inp, work / f"out1-{i}", model, args)
+        two, two_tokens = job_on_cluster(2, inp, work / f"out2-{i}", model, args)
+        # Same settings, same greedy decoding: all three must have generated the same tokens.
+        if not eng["completion_tokens"] == one_tokens == two_tokens:
+            raise RuntimeError(f"unequal work: engine {eng['completion_tokens']}, one node {one_tokens}, "
+                               f"two nodes {two_tokens} completion tokens")
+        best = {"engine": min(best["engine"], eng["wall_s"]), "one": min(best["one"], one),
+                "two": min(best["two"], two)}
         print(f"run {i + 1}: engine alone {eng['wall_s']:.1f}s (imports {eng['import_s']:.1f}s, model load "
-              f"{eng['load_s']:.1f}s, generate {eng['generate_s']:.1f}s); best so far: one node "
-              f"{best['one']:.1f}s, two nodes {best['two']:.1f}s", flush=True)
+              f"{eng['load_s']:.1f}s, generate {eng['generate_s']:.1f}s), one node {one:.1f}s, two nodes "
+              f"{two:.1f}s; {one_tokens} completion tokens; load average {os.getloadavg()[0]:.1f}", flush=True)
 
     speedup = best["one"] / best["two"]
     overhead = 1 - best["engine"] / best["one"]

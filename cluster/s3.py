@@ -9,7 +9,6 @@ call as a whole by cluster.retry, so a store that is down for tens of seconds is
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import threading
@@ -307,7 +306,3 @@ def delete_prefix(prefix_uri: str) -> None:
         if resp.get("Errors"):
             first = resp["Errors"][0]
             raise OSError(f"could not delete s3://{bucket}/{first.get('Key')}: {first.get('Message')}")
-
-
-def md5_hex(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()

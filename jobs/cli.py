@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "jobs.cli_local",  # run, validate, models
     "jobs.cli_service",  # serve, tokens, submit, status, list, logs, cancel, wait
+    "jobs.cli_eval",  # eval, report
 ]
 
 

@@ -13,9 +13,11 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from jobs.manifest_errors import FieldError, ManifestError, errors_from_validation
 from jobs.manifest_secrets import find_credential_fields
+from llm_core.metrics import DEFAULT_METRICS, KNOWN_METRICS
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
@@ -54,6 +56,10 @@ class ClassifyTask(Strict):
     labels: list[str] = Field(..., min_length=2)
     instructions: str | None = None
     system_prompt: str | None = None
+    train_uri: str | list[str] | None = Field(
+        None, description="engine: baseline only: Parquet training rows (input.text_column + train_label_column)"
+    )
+    train_label_column: str = "label"
 
     @field_validator("labels")
     @classmethod
@@ -133,7 +139,32 @@ class Resources(Strict):
     max_batch_tokens: int | None = Field(None, gt=0)
 
 
+class EvaluateSpec(Strict):
+    """Score the output against references when the job is done (`_metrics.json`)."""
+
+    reference_column: str = Field(..., min_length=1)
+    references_uri: str | list[str] | None = Field(
+        None, description="Parquet file(s) with input.id_column + reference_column; default: the input itself"
+    )
+    metrics: list[str] | None = Field(None, description="default: the task's (llm_core.metrics.DEFAULT_METRICS)")
+    use_stemmer: bool = False
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, metrics: list[str] | None) -> list[str] | None:
+        if metrics is not None:
+            unknown = [name for name in metrics if name not in KNOWN_METRICS]
+            if unknown:
+                raise ValueError(f"unknown metrics {unknown}; known: {', '.join(KNOWN_METRICS)}")
+            if not metrics:
+                raise ValueError("name at least one metric (or leave metrics out for the task's defaults)")
+        return metrics
+
+
 # ---- the manifest ------------------------------------------------------------------------
+
+# Tasks the model-free baselines cover (engine: baseline): llm_core.baselines.
+BASELINE_TASKS = ("summarize", "translate", "classify")
 
 
 class InferenceManifest(Strict):
@@ -142,19 +173,47 @@ class InferenceManifest(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     task: Task
     model: str = DEFAULT_MODEL
-    engine: Literal["auto", "native", "hf"] = "auto"
+    engine: Literal["auto", "native", "hf", "baseline"] = "auto"  # baseline: no language model
     input: InputSpec
     output: OutputSpec
     params: GenerationParams = GenerationParams()
     resources: Resources = Resources()
     on_shard_failure: Literal["fail", "skip"] = "fail"
     max_shard_attempts: int = Field(3, ge=1, le=20)
+    evaluate: EvaluateSpec | None = None
 
     @field_validator("task", mode="before")
     @classmethod
     def _task_shorthand(cls, value: Any):
         # `task: summarize` is short for `task: {kind: summarize}`.
         return {"kind": value} if isinstance(value, str) else value
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs) -> InferenceManifest:
+        manifest = super().model_validate(obj, **kwargs)
+        problems = manifest._cross_field_problems()
+        if problems:
+            details = [
+                InitErrorDetails(type=PydanticCustomError("value_error", msg), loc=loc, input=None)
+                for loc, msg in problems
+            ]
+            raise ValidationError.from_exception_data(cls.__name__, details)
+        return manifest
+
+    def _cross_field_problems(self) -> list[tuple[tuple, str]]:
+        p: list[tuple[tuple, str]] = []
+        kind = self.task.kind
+        if self.engine == "baseline" and kind not in BASELINE_TASKS:
+            p.append((("engine",), f"no baseline for task {kind}; baselines: {', '.join(BASELINE_TASKS)}"))
+        if kind == "classify":
+            if self.engine == "baseline" and not self.task.train_uri:
+                p.append((("task", "train_uri"), ("engine: baseline trains a TF-IDF classifier: name its training "
+                                                  "data (Parquet with the text column and train_label_column)")))
+            if self.engine != "baseline" and self.task.train_uri:
+                p.append((("task", "train_uri"), "only used with engine: baseline"))
+        if self.evaluate and self.evaluate.metrics is None and not DEFAULT_METRICS.get(kind):
+            p.append((("evaluate", "metrics"), f"task {kind} has no default metrics: name them"))
+        return p
 
     def manifest_hash(self) -> str:
         body = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()

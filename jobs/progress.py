@@ -50,6 +50,12 @@ def print_summary(result: JobResult, file=None) -> None:
                    f"{s.get('shards_failed', 0)} failed of {s.get('shards_total', 0)}"),
         ("wall time", f"{s.get('wall_s', 0):.1f} s"), ("output", result.output_uri),
     ]
+    metrics = s.get("metrics")
+    if isinstance(metrics, dict):
+        from jobs.evaluation import main_figures
+
+        figures = ", ".join(f"{name} {value}" for name, value in main_figures(metrics))
+        rows.append(("metrics", f"{figures} ({metrics.get('scored', 0)} rows scored)"))
     if result.error:
         rows.append(("error", result.error))
     for key, value in rows:

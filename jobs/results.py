@@ -15,7 +15,7 @@ class JobProgress:
     error_rows: int = 0
     completion_tokens: int = 0
     elapsed_s: float = 0.0
-    phase: str = "starting"  # starting, loading_model, running, finalizing, done
+    phase: str = "starting"  # starting, loading_model, running, finalizing, evaluating, done
 
     @property
     def tokens_per_s(self) -> float:

@@ -14,6 +14,7 @@ from typing import Callable
 import structlog
 
 from cluster import ray_cluster, storage
+from jobs import evaluation
 from jobs.manifest import InferenceManifest
 from jobs.results import JobProgress, JobResult
 from llm_core.sampling import SamplingParams
@@ -91,7 +92,12 @@ def run_job(manifest: InferenceManifest, *, job_id: str | None = None, ray_addre
         required = {work.id_column: "id", work.text_column: "text"}
         if work.language_column:
             required[work.language_column] = "target language"
+        if manifest.evaluate and not manifest.evaluate.references_uri:  # references read from the input
+            required.setdefault(manifest.evaluate.reference_column, "reference")
         shards = plan_shards(manifest.input.uri, required, manifest.input.rows_per_shard)
+        if manifest.evaluate and manifest.evaluate.references_uri:
+            evaluation.check_references(manifest.evaluate.references_uri, work.id_column,
+                                        manifest.evaluate.reference_column)
         commit.prepare_output(out_uri, manifest.output.mode, run_key(manifest))
         done_before = commit.committed_shards(out_uri) & {s.shard_id for s in shards}
         todo = [s for s in shards if s.shard_id not in done_before]
@@ -115,7 +121,8 @@ def run_job(manifest: InferenceManifest, *, job_id: str | None = None, ray_addre
                 workers=res.workers, num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker,
                 actor_args=(manifest.model,),
                 actor_kwargs=dict(engine=manifest.engine, batch_size=res.batch_size,
-                                  max_batch_tokens=res.max_batch_tokens, threads=max(1, int(res.cpus_per_worker))),
+                                  max_batch_tokens=res.max_batch_tokens, threads=max(1, int(res.cpus_per_worker)),
+                                  **_baseline_kwargs(manifest, out_uri)),
                 max_attempts=manifest.max_shard_attempts, stop_on_failure=manifest.on_shard_failure == "fail",
             ), job_id)
             progress.phase = "running"
@@ -158,6 +165,12 @@ def run_job(manifest: InferenceManifest, *, job_id: str | None = None, ray_addre
             "model": manifest.model, "engine": manifest.engine, "manifest_hash": manifest.manifest_hash(),
             "finished_at": time.time(),
         }
+        if manifest.evaluate:
+            progress.phase = "evaluating"
+            publish()
+            summary["metrics"] = evaluation.evaluate_job(manifest, out_uri)
+            log.info("job.metrics", **evaluation.headline(summary["metrics"]),
+                     scored=summary["metrics"]["scored"], errors=summary["metrics"]["errors"])
         commit.write_json(storage.join(out_uri, commit.SUCCESS_FILE), summary)
         progress.phase = "done"
         publish()
@@ -170,6 +183,16 @@ def run_job(manifest: InferenceManifest, *, job_id: str | None = None, ray_addre
         if display:
             display.__exit__(None, None, None)
         structlog.contextvars.unbind_contextvars("job_id")
+
+
+def _baseline_kwargs(m: InferenceManifest, out_uri: str) -> dict:
+    """engine: baseline + classify: fit the classifier once here; the actors load it."""
+    if m.engine != "baseline" or m.task.kind != "classify":
+        return {}
+    from workers.baseline_runner import prepare_classifier
+
+    return {"baseline_model_uri": prepare_classifier(out_uri, m.task.train_uri, m.input.text_column,
+                                                     m.task.train_label_column, tuple(m.task.labels))}
 
 
 def _finish(result: JobResult, progress: JobProgress, job_id: str, started: float) -> JobResult:

@@ -1,8 +1,9 @@
-"""The job store: jobs, their event log, and the conditional updates the scheduler relies on.
+"""The job store: engine and migrations, submit (idempotent), reads, events, audit, cancel.
 
 SQLite file by default, PostgreSQL by URL. Every state change is one conditional UPDATE
 (`... WHERE state = <expected>`) plus its event in the same transaction, so two service
-processes racing on one job see exactly one winner.
+processes racing on one job see exactly one winner. The scheduler's claims and leases are in
+jobs/store_leases.py.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ from jobs.store_models import (
     shards_finished,
     utcnow,
 )
-from jobs.store_models import (
-    event_row as _event,
-)
+from jobs.store_models import event_row as _event
 
 log = structlog.get_logger()
 
@@ -81,7 +80,7 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Two services starting together: the second waits, then finds the schema at head.
-            pass
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7311845021)")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

@@ -91,15 +91,10 @@ def absolute_uris(manifest: TrainingManifest) -> TrainingManifest:
 
 def _prepare(manifest: TrainingManifest, job_id: str, log) -> dict:
     """What every worker must agree on, decided once here: tokenizer, labels, total steps."""
-    from workers import training_checkpoint as ckpt
-    from workers.model_resolver import resolve_model
     from workers.training_data import (
-        Encoder,
         count_rows,
-        count_samples,
         discover_labels,
     )
-    from workers.training_model import load_tokenizer
 
     m = manifest
     if m.task == "finetune":
@@ -108,10 +103,6 @@ def _prepare(manifest: TrainingManifest, job_id: str, log) -> dict:
         tokenizer = {"kind": "ref", "value": m.model.vocab}
     else:
         tokenizer = {"kind": "uri", "value": _stored_bpe(m, log)}
-    if tokenizer["kind"] == "ref":
-        tok_dir = resolve_model(tokenizer["value"])
-    else:
-        tok_dir = ckpt.download_folder(tokenizer["value"], Path(tempfile.mkdtemp(prefix="llmbatch-tok-")))
     labels = discover_labels(m) if m.objective == "classification" else None
     tr = m.training
     if tr.max_steps is not None:
@@ -119,12 +110,28 @@ def _prepare(manifest: TrainingManifest, job_id: str, log) -> dict:
     else:
         per_step = tr.micro_batch * tr.grad_accum * m.resources.workers
         needs_tokens = m.objective == "causal_lm" and m.data.packing is not False
-        samples = (count_samples(m, Encoder(m, load_tokenizer(tok_dir), labels)) if needs_tokens
+        samples = (_packed_samples(m, tokenizer, labels) if needs_tokens
                    else int(count_rows(m.data.train) * (1 - m.data.eval_fraction)))
         total = max(1, math.ceil(tr.epochs * samples / per_step))
     log.info("train.prepared", total_steps=total, labels=labels, tokenizer=tokenizer["value"])
     return {"manifest": m.model_dump(mode="json"), "manifest_hash": m.manifest_hash(), "job_id": job_id,
             "tokenizer": tokenizer, "labels": labels, "total_steps": total}
+
+
+def _packed_samples(manifest: TrainingManifest, tokenizer: dict, labels) -> int:
+    """Packed sequences in one epoch: counting them means tokenizing the training data once."""
+    from workers import training_checkpoint as ckpt
+    from workers.model_resolver import resolve_model
+    from workers.training_data import Encoder, count_samples
+    from workers.training_model import load_tokenizer
+
+    scratch = Path(tempfile.mkdtemp(prefix="llmbatch-tok-"))
+    try:
+        ref = tokenizer["kind"] == "ref"
+        tok_dir = resolve_model(tokenizer["value"]) if ref else ckpt.download_folder(tokenizer["value"], scratch)
+        return count_samples(manifest, Encoder(manifest, load_tokenizer(tok_dir), labels))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _stored_bpe(manifest: TrainingManifest, log) -> str:
@@ -139,6 +146,7 @@ def _stored_bpe(manifest: TrainingManifest, log) -> str:
         # tokenizer.json last: its presence means the folder is whole
         for path in sorted(local.iterdir(), key=lambda p: p.name == "tokenizer.json"):
             storage.write_bytes(storage.join(uri, path.name), path.read_bytes())
+        shutil.rmtree(local, ignore_errors=True)
         log.info("train.bpe_trained", vocab=manifest.model.vocab_size, seconds=round(time.perf_counter() - t0, 1))
     return uri
 

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Ray 2.60 turns token auth on for clusters started by ray.init() and writes ~/.ray/auth_token;
+# clusters that tests start with `ray start` would then refuse drivers without the token.
+# Tests run every cluster on loopback without it.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_DATA = REPO / "examples" / "data" / "debian-summarize.parquet"
 

@@ -59,6 +59,8 @@ class RestartableMotoServer(ThreadedMotoServer):
 
     def stop(self) -> None:
         """Stop accepting, close the port, and reset every open connection."""
+        if not self._server_ready_event.is_set():  # already stopped
+            return
         super().stop()
         self._server.server_close()
         with _Tracking.lock:

@@ -40,7 +40,7 @@ def data_bucket(moto_server):
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build_tiny_model(Path(tmp) / "tiny")
+        folder = build_tiny_model(Path(tmp) / "tiny", tokenizer="bpe")  # same model whatever is cached
         model_download.write_checksums(folder)
         for p in sorted(folder.iterdir()):
             s3.put(f"s3://{name}/models/tiny/{p.name}", p.read_bytes())
@@ -73,7 +73,7 @@ def _manifest(bucket: str, out: str, **overrides):
         "engine": "native",
         "input": {"uri": f"s3://{bucket}/in/", "rows_per_shard": GROUP_ROWS},
         "output": {"uri": out, "mode": "error_if_exists"},
-        "params": {"max_new_tokens": 8},
+        "params": {"max_new_tokens": 24},
         "resources": {"workers": 2, "cpus_per_worker": 1, "batch_size": 16},
         "max_shard_attempts": 3,
     }

@@ -46,6 +46,7 @@ def test_migrations_create_schema_and_rerun_is_a_no_op(store_url):
         assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0001"
 
 
+@pytest.mark.timeout(120)  # without the migration lock, PostgreSQL deadlocks here
 def test_services_starting_together_migrate_once(store_url):
     errors: list[BaseException] = []
 

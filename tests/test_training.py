@@ -75,6 +75,7 @@ def test_killed_worker_resumes_from_newest_checkpoint(ray_local, tmp_path):
     assert result.summary["steps"] == 20 and (tmp_path / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_same_manifest_run_again_resumes(ray_local, tmp_path):
     data = tiny(tmp_path, training={"max_steps": 15, "eval_every": None}, max_failures=0)
     first = run_training(parse_manifest(data), job_id="t-rerun-1", crash_at_step=7)
@@ -90,15 +91,13 @@ def test_same_manifest_run_again_resumes(ray_local, tmp_path):
     assert done.status == "succeeded" and done.summary["job_id"] == "t-rerun-2"
 
 
+@pytest.mark.slow
 def test_exported_model_runs_in_inference(ray_local, tmp_path):
-    """A pretrained tiny model: HF and our engine load the folder; its loss matches training's."""
+    """A pretrained tiny model: HF loads the folder with training's loss; a generate job runs on it."""
     import pyarrow.parquet as pq
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from llm_core.llm import LLM
-    from llm_core.sampling import SamplingParams
-    from llm_core.tasks import TaskSpec
     from workers.training_data import is_holdout
 
     result = run_training(parse_manifest(tiny(tmp_path)), job_id="t-export")
@@ -117,12 +116,21 @@ def test_exported_model_runs_in_inference(ray_local, tmp_path):
     # The exported weights are the trained ones: same held-out loss as the job's own eval.
     assert total / count == pytest.approx(result.summary["eval"]["eval_loss"], abs=0.3)
     assert total / count < math.log(1024) - 0.5
-    llm = LLM(folder, engine="auto", device="cpu")
-    rows = llm.run_task(TaskSpec(kind="generate", prompt_template="{text}"), ["Debian package for"],
-                        SamplingParams(max_new_tokens=8))
-    assert rows[0].completion_tokens == 8 and rows[0].finish_reason == "length"
+    # And an inference job names the folder directly.
+    from jobs.runner import run_job
+
+    job = parse_manifest({
+        "version": 1, "kind": "inference", "name": "gen-from-trained",
+        "task": {"kind": "generate", "prompt_template": "{text}"}, "model": str(folder),
+        "input": {"uri": str(DATA / "debian-summarize.parquet")}, "output": {"uri": str(tmp_path / "gen")},
+        "params": {"max_new_tokens": 4}, "resources": {"workers": 1, "batch_size": 32},
+    })
+    ran = run_job(job, job_id="t-gen-from-trained")
+    assert ran.ok, ran.error
+    assert ran.summary["rows"] == 200 and ran.summary["completion_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_classification_head_reproduces_training_eval(ray_local, tmp_path):
     import pyarrow.parquet as pq
 
@@ -148,6 +156,13 @@ def test_classification_head_reproduces_training_eval(ray_local, tmp_path):
     preds = clf.predict([r["text"] for r in rows])
     acc = sum(p == r["label"] for p, r in zip(preds, rows)) / len(rows)
     assert acc == pytest.approx(final["eval_accuracy"], abs=2 / len(rows))
+    # The inference actor's call: a classify task whose labels are the head's, in any order.
+    from llm_core.tasks import TaskSpec
+
+    out = clf.run_task(TaskSpec(kind="classify", labels=tuple(reversed(labels))), [r["text"] for r in rows[:8]] + [""])
+    assert [r.output for r in out[:8]] == preds[:8] and out[8].error == "text is empty"
+    with pytest.raises(ValueError, match="classifier head knows labels"):
+        clf.run_task(TaskSpec(kind="classify", labels=("yes", "no")), ["x"])
 
 
 def test_cancel_stops_at_a_log_step_and_keeps_a_checkpoint(ray_local, tmp_path):

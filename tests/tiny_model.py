@@ -61,7 +61,13 @@ def build_tiny_model(
     layers: int = 2,
     seed: int = 0,
 ) -> Path:
-    """Write a tiny random Llama folder at `out` (config.json, model.safetensors, tokenizer)."""
+    """Write a tiny random Llama folder at `out` (config.json, model.safetensors, tokenizer).
+
+    tokenizer: "auto" = the built-in model's when cached, else a trained BPE; "bpe" = always the
+    small trained BPE (512 tokens: faster, and independent of what the cache holds).
+    """
+    if tokenizer not in ("auto", "bpe", "trained"):
+        raise ValueError(f"tokenizer must be 'auto' or 'bpe', not {tokenizer!r}")
     import torch
     from safetensors.torch import save_file
     from tokenizers import Tokenizer

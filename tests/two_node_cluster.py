@@ -156,7 +156,7 @@ class TwoNodeCluster:
                 p.send_signal(signal.SIGTERM)
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(list(procs), timeout=10)
+        _, alive = psutil.wait_procs(list(procs), timeout=5)
         for p in alive:
             try:
                 p.kill()

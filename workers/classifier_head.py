@@ -10,6 +10,7 @@ hidden state of the last real token goes through the head; the label is the argm
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +24,17 @@ def is_classifier(model_dir: str | Path) -> bool:
     return config.is_file() and json.loads(config.read_text()).get("llmbatch_task") == "classification"
 
 
+@dataclass(frozen=True)
+class HeadEngine:
+    """What the inference actor logs about its engine (name, device), as LLM.engine has."""
+
+    name: str
+    device: str
+
+
 class Classifier:
+    """Duck-types llm_core.llm.LLM for the classify task: `run_task(spec, texts, params, ...)`."""
+
     def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16, max_tokens: int | None = None):
         from safetensors.torch import load_file
@@ -49,6 +60,7 @@ class Classifier:
             raise ValueError(f"{model_dir}: head has {self.head.out_features} outputs, labels.json {len(self.labels)}")
         config = json.loads((model_dir / "config.json").read_text())
         self.batch_size = batch_size
+        self.engine = HeadEngine("classifier-head", self.device)
         self.max_tokens = max_tokens or config.get("llmbatch_max_tokens") or config.get("max_position_embeddings", 512)
 
     @torch.no_grad()
@@ -72,6 +84,34 @@ class Classifier:
 
     def predict(self, texts: list[str]) -> list[str]:
         return [self.labels[max(range(len(p)), key=p.__getitem__)] for p in self.predict_proba(texts)]
+
+
+    def check_labels(self, labels) -> None:
+        """A classify job's labels must be the head's (any order): the head can answer no other."""
+        if labels and set(labels) != set(self.labels):
+            raise ValueError(f"the model's classifier head knows labels {self.labels}; the job asks for "
+                             f"{list(labels)}: list the same labels in the job's task")
+
+    def run_task(self, spec, texts: list, params=None, **_ignored) -> list:
+        """One llm_core RowResult per text, as LLM.run_task gives: the label, or an error for a bad row."""
+        from llm_core.llm import RowResult
+
+        if spec.kind != "classify":
+            raise ValueError(f"a classification model runs classify jobs only, not {spec.kind}")
+        self.check_labels(spec.labels)
+        results: list = [None] * len(texts)
+        good = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                results[i] = RowResult(None, "text is null" if text is None else "text is empty")
+            else:
+                good.append(i)
+        if good:
+            labels = self.predict([texts[i] for i in good])
+            for i, label in zip(good, labels):
+                n = min(len(self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]), self.max_tokens)
+                results[i] = RowResult(label, None, "stop", n, 0)
+        return results
 
 
 def load_classifier(model_dir: str | Path, **kwargs) -> Classifier:

@@ -42,13 +42,21 @@ class ShardProcessor:
     """The work of one actor, usable without Ray (tests and benchmarks call it directly)."""
 
     def __init__(self, model_ref: str, engine: str = "auto", device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 16, max_batch_tokens: int | None = None, threads: int | None = None):
+                 batch_size: int = 16, max_batch_tokens: int | None = None, threads: int | None = None,
+                 baseline_model_uri: str | None = None):
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        started = time.perf_counter()
+        if engine == "baseline":  # model-free baselines: no language model is loaded
+            from workers.baseline_runner import BaselineRunner
+
+            self.llm = BaselineRunner(baseline_model_uri)
+            log.info("actor.baseline_loaded", classifier=baseline_model_uri,
+                     load_s=round(time.perf_counter() - started, 2))
+            return
         if threads:
             import torch
 
             torch.set_num_threads(max(1, int(threads)))  # one actor per CPU slot, no oversubscription
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        started = time.perf_counter()
         self.llm = LLM(resolve_model(model_ref), engine=engine, device=device, dtype=dtype,
                        batch_size=batch_size, max_batch_tokens=max_batch_tokens)
         log.info("actor.model_loaded", model=model_ref, engine=self.llm.engine.name,

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import structlog
 import torch
@@ -63,16 +64,20 @@ class _Progress:
         return self.rank == 0 and self.sink is not None and bool(ray.get(self.sink.cancelled.remote()))
 
 
+def _namespace(value):
+    """The manifest's JSON as attributes: workers read it but do not import the control plane.
+    `deepspeed.override` stays a dict: it is DeepSpeed's raw config, merged as is."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: v if k == "override" else _namespace(v) for k, v in value.items()})
+    return value
+
+
 def train_loop(config: dict) -> None:
     import deepspeed
     import ray.train
 
-    from jobs.manifest_training import (
-        TrainingManifest,  # data only: the schema, no control plane
-    )
-
     logs.ensure_configured()
-    manifest = TrainingManifest.model_validate(config["manifest"])
+    manifest = _namespace(config["manifest"])  # validated by the runner (jobs.manifest_training)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     os.environ.setdefault("LOCAL_RANK", str(ctx.get_local_rank()))
@@ -128,8 +133,10 @@ def train_loop(config: dict) -> None:
         loss, _ = forward_loss(engine, batch, manifest.objective)
         engine.backward(loss)
         engine.step()
-        window += torch.tensor([loss.item(), 1.0, float(batch["attention_mask"].sum()), 0.0],
-                               dtype=torch.float64, device=engine.device)
+        # Accumulated on the device: no host sync per micro-batch (it would stall a GPU pipeline).
+        window[0] += loss.detach().double()
+        window[1] += 1
+        window[2] += batch["attention_mask"].sum()
         if not engine.is_gradient_accumulation_boundary():
             continue
         step += 1
@@ -172,6 +179,8 @@ def train_loop(config: dict) -> None:
         if rank == 0:
             log.info("train.eval", step=step, **last_eval)
     _export(engine, module, tok_dir, labels, manifest, rank, log)
+    if config["tokenizer"]["kind"] == "uri":  # our download, not a shared model cache folder
+        shutil.rmtree(tok_dir, ignore_errors=True)
     progress(event="done", step=step, final_eval=last_eval, params=n_params, resumed_from=resume_from)
 
 

@@ -22,11 +22,12 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(module: torch.nn.Module, spec, offload: bool):
     groups = param_groups(module, spec.weight_decay)
+    betas = tuple(spec.betas)  # a list when the manifest arrives as JSON
     if offload:  # ZeRO-Offload runs the step on CPU: DeepSpeed's vectorized CPU Adam
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps, adamw_mode=True)
-    return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps)
+        return DeepSpeedCPUAdam(groups, lr=spec.lr, betas=betas, eps=spec.eps, adamw_mode=True)
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=betas, eps=spec.eps)
 
 
 def lr_factor(step: int, total: int, spec) -> float:
