@@ -14,6 +14,8 @@ from jobs.manifest_errors import FieldError
 _SECRET_NAME = re.compile(
     r"(access[_-]?key|secret|password|passwd|token|credential|session[_-]?key|api[_-]?key)", re.I
 )
+# Words that contain "token" but name model settings, not credentials.
+_ALLOWED = re.compile(r"(tokenizer|tokens)", re.I)
 # Values shaped like AWS access key ids, whatever field they sit in.
 _SECRET_VALUE = re.compile(r"^(AKIA|ASIA)[A-Z0-9]{16}$")
 
@@ -23,7 +25,7 @@ def find_credential_fields(data: Any, path: str = "") -> list[FieldError]:
     if isinstance(data, dict):
         for key, value in data.items():
             child = f"{path}.{key}" if path else str(key)
-            if _SECRET_NAME.search(str(key)) and not str(key).endswith(("max_new_tokens", "_tokens")):
+            if _SECRET_NAME.search(_ALLOWED.sub("", str(key))):
                 found.append(
                     FieldError(child, "looks like a credential: manifests must not carry secrets; "
                                "use the environment (AWS_* variables, ~/.aws, the pod's role)")

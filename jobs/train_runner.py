@@ -91,10 +91,7 @@ def absolute_uris(manifest: TrainingManifest) -> TrainingManifest:
 
 def _prepare(manifest: TrainingManifest, job_id: str, log) -> dict:
     """What every worker must agree on, decided once here: tokenizer, labels, total steps."""
-    from workers.training_data import (
-        count_rows,
-        discover_labels,
-    )
+    from workers.training_data import count_rows, discover_labels
 
     m = manifest
     if m.task == "finetune":

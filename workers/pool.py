@@ -18,6 +18,7 @@ import ray
 import structlog
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from cluster import s3
 from workers.inference import make_actor_class
 from workers.shard_task import ShardReport, ShardWork
 from workers.shards import Shard
@@ -69,7 +70,9 @@ class ActorPool:
         self.start_errors: list[str] = []
 
     def _start_actor(self) -> None:
-        actor = self.actor_cls.options(num_cpus=self.config.num_cpus, num_gpus=self.config.num_gpus).remote(
+        # Actors on other nodes must see the S3 endpoint/region the driver was given (never keys).
+        actor = self.actor_cls.options(num_cpus=self.config.num_cpus, num_gpus=self.config.num_gpus,
+                                       runtime_env={"env_vars": s3.worker_env()} if s3.worker_env() else None).remote(
             *self.config.actor_args, **self.config.actor_kwargs
         )
         self.all_actors.append(actor)
