@@ -88,7 +88,7 @@ def translate(data: Path, limit: int, llm) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| task | system | rows | metrics | model tok/s |", "|---|---|---|---|---|"]
+    lines = ["| task | system | rows | metrics | model wall s (tok/s) |", "|---|---|---|---|---|"]
     for task, systems in results.items():
         for system, m in systems.items():
             figures = ", ".join(
@@ -96,7 +96,7 @@ def markdown(results: dict) -> str:
                 for name in COLUMNS[task]
             )
             errors = f" ({m['errors']} error rows)" if m.get("errors") else ""
-            speed = f"{m['tokens_per_s']}" if "tokens_per_s" in m else "-"
+            speed = f"{m['wall_s']} ({m['tokens_per_s']})" if "wall_s" in m else "-"
             lines.append(f"| {task} | {system} | {m['scored']}{errors} | {figures} | {speed} |")
     return "\n".join(lines)
 

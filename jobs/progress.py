@@ -43,6 +43,10 @@ def print_summary(result: JobResult, file=None) -> None:
     console = Console(file=file or sys.stdout)
     s = result.summary
     table = Table(title=f"job {s.get('job_id', '')}: {result.status}", show_header=False)
+    if "steps" in s:  # a training job
+        _training_rows(table, result)
+        console.print(table)
+        return
     rows = [
         ("rows", s.get("rows")), ("error rows", s.get("error_rows")),
         ("generated tokens", s.get("completion_tokens")), ("tokens/s", s.get("tokens_per_s")),
@@ -61,3 +65,16 @@ def print_summary(result: JobResult, file=None) -> None:
     for key, value in rows:
         table.add_row(key, str(value))
     console.print(table)
+
+
+def _training_rows(table: Table, result: JobResult) -> None:
+    s = result.summary
+    rows = [
+        ("steps", s.get("steps")), ("loss", f"{s.get('first_loss')} -> {s.get('last_loss')}"),
+        ("eval", s.get("eval")), ("resumed from step", s.get("resumed_from")),
+        ("wall time", f"{s.get('wall_s', 0):.1f} s"), ("model folder", result.output_uri),
+    ]
+    if result.error:
+        rows.append(("error", result.error))
+    for key, value in rows:
+        table.add_row(key, str(value))

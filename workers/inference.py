@@ -17,6 +17,7 @@ import structlog
 from cluster import storage
 from llm_core.llm import LLM, RowResult
 from workers import commit
+from workers.classifier_head import is_classifier, load_classifier
 from workers.model_resolver import resolve_model
 from workers.shard_task import ShardReport, ShardWork
 from workers.shards import Shard, read_shard
@@ -57,16 +58,18 @@ class ShardProcessor:
             import torch
 
             torch.set_num_threads(max(1, int(threads)))  # one actor per CPU slot, no oversubscription
-        self.llm = LLM(resolve_model(model_ref), engine=engine, device=device, dtype=dtype,
-                       batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+        model_dir = resolve_model(model_ref)
+        if is_classifier(model_dir):  # a fine-tuned classification head answers classify jobs directly
+            self.llm = load_classifier(model_dir, device=device, dtype=dtype, batch_size=batch_size)
+        else:
+            self.llm = LLM(model_dir, engine=engine, device=device, dtype=dtype,
+                           batch_size=batch_size, max_batch_tokens=max_batch_tokens)
         log.info("actor.model_loaded", model=model_ref, engine=self.llm.engine.name,
                  device=self.llm.engine.device, load_s=round(time.perf_counter() - started, 2))
 
     def process(self, shard: Shard, work: ShardWork) -> ShardReport:
         bound = log.bind(job_id=work.job_id, shard_id=shard.shard_id)
         report = ShardReport(shard.shard_id, committed=False, actor=self.name, node=socket.gethostname())
-        if os.environ.get("LLMBATCH_FAIL_SHARD") == shard.shard_id:
-            raise RuntimeError(f"injected failure for shard {shard.shard_id} (LLMBATCH_FAIL_SHARD)")
         if storage.exists(commit.part_uri(work.output_uri, shard.shard_id)):  # an earlier attempt won
             report.already_committed = True
             return report
