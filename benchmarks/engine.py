@@ -45,11 +45,10 @@ RANDOM_CONFIGS = {
 
 
 def builtin_model_dir() -> Path:
-    try:
-        from llm_core.builtin import ensure_builtin_model
-    except ImportError:
-        return Path("/tmp/conv")
-    return ensure_builtin_model("smollm2-135m-instruct")
+    """The built-in model's canonical folder, fetched and converted once into the model cache."""
+    from workers.model_resolver import resolve_model
+
+    return resolve_model("builtin:smollm2-135m-instruct")
 
 
 def random_model_dir(name: str) -> Path:
