@@ -26,6 +26,26 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CrossChecked(Strict):
+    """A manifest whose fields also constrain each other: `_cross_field_problems` lists
+    (location, message) pairs, reported with the field errors' paths and wording."""
+
+    def _cross_field_problems(self) -> list[tuple[tuple, str]]:
+        return []
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs):
+        manifest = super().model_validate(obj, **kwargs)
+        problems = manifest._cross_field_problems()
+        if problems:
+            details = [
+                InitErrorDetails(type=PydanticCustomError("value_error", msg), loc=loc, input=None)
+                for loc, msg in problems
+            ]
+            raise ValidationError.from_exception_data(cls.__name__, details)
+        return manifest
+
+
 # ---- tasks -------------------------------------------------------------------------------
 
 
@@ -167,7 +187,7 @@ class EvaluateSpec(Strict):
 BASELINE_TASKS = ("summarize", "translate", "classify")
 
 
-class InferenceManifest(Strict):
+class InferenceManifest(CrossChecked):
     version: Literal[1] = 1
     kind: Literal["inference"] = "inference"
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -187,18 +207,6 @@ class InferenceManifest(Strict):
     def _task_shorthand(cls, value: Any):
         # `task: summarize` is short for `task: {kind: summarize}`.
         return {"kind": value} if isinstance(value, str) else value
-
-    @classmethod
-    def model_validate(cls, obj: Any, **kwargs) -> InferenceManifest:
-        manifest = super().model_validate(obj, **kwargs)
-        problems = manifest._cross_field_problems()
-        if problems:
-            details = [
-                InitErrorDetails(type=PydanticCustomError("value_error", msg), loc=loc, input=None)
-                for loc, msg in problems
-            ]
-            raise ValidationError.from_exception_data(cls.__name__, details)
-        return manifest
 
     def _cross_field_problems(self) -> list[tuple[tuple, str]]:
         p: list[tuple[tuple, str]] = []

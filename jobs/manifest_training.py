@@ -11,10 +11,9 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import Field, field_validator
 
-from jobs.manifest import OutputSpec, Strict
+from jobs.manifest import CrossChecked, OutputSpec, Strict
 
 BPE = "bpe"  # model.vocab value: train a byte-level BPE on the training data
 
@@ -100,7 +99,7 @@ class CheckpointSpec(Strict):
     keep: int = Field(2, ge=1)
 
 
-class TrainingManifest(Strict):
+class TrainingManifest(CrossChecked):
     version: Literal[1] = 1
     kind: Literal["training"] = "training"
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -115,18 +114,6 @@ class TrainingManifest(Strict):
     checkpoint: CheckpointSpec
     output: OutputSpec
     max_failures: int = Field(3, ge=0, le=100, description="worker-group restarts (Ray Train FailureConfig)")
-
-    @classmethod
-    def model_validate(cls, obj: Any, **kwargs) -> TrainingManifest:
-        manifest = super().model_validate(obj, **kwargs)
-        problems = manifest._cross_field_problems()
-        if problems:
-            details = [
-                InitErrorDetails(type=PydanticCustomError("value_error", msg), loc=loc, input=None)
-                for loc, msg in problems
-            ]
-            raise ValidationError.from_exception_data(cls.__name__, details)
-        return manifest
 
     def _cross_field_problems(self) -> list[tuple[tuple, str]]:
         p: list[tuple[tuple, str]] = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llm_core.engine_select import load_engine
 from llm_core.sampling import SamplingParams
-from llm_core.tasks import TaskSpec, build_messages, clean_output
+from llm_core.tasks import TaskSpec, build_messages, clean_output, row_error
 from llm_core.tokenizer import ModelTokenizer
 
 
@@ -54,14 +54,9 @@ class LLM:
         prompts: dict[int, list[int]] = {}
         for i, text in enumerate(texts):
             language = target_languages[i] if target_languages is not None else None
-            if text is None:
-                results[i] = RowResult(None, "text is null")
-            elif not isinstance(text, str):
-                results[i] = RowResult(None, f"text is not a string ({type(text).__name__})")
-            elif not text.strip():
-                results[i] = RowResult(None, "text is empty")
-            elif spec.kind == "translate" and target_languages is not None and not (language or "").strip():
-                results[i] = RowResult(None, "target language is missing for this row")
+            error = row_error(spec, text, language, target_languages is not None)
+            if error:
+                results[i] = RowResult(None, error)
             else:
                 ids, error = self._prompt(spec, text, language, max_input, on_long_input)
                 if error:

@@ -40,6 +40,19 @@ def language_name(code_or_name: str) -> str:
     return LANGUAGE_NAMES.get(code_or_name.strip().lower(), code_or_name.strip())
 
 
+def row_error(spec: TaskSpec, text, language: str | None = None, per_row_language: bool = False) -> str | None:
+    """Why a row cannot be processed at all (the row gets this error; the job goes on), or None."""
+    if text is None:
+        return "text is null"
+    if not isinstance(text, str):
+        return f"text is not a string ({type(text).__name__})"
+    if not text.strip():
+        return "text is empty"
+    if spec.kind == "translate" and per_row_language and not (language or "").strip():
+        return "target language is missing for this row"
+    return None
+
+
 def default_sampling(kind: str) -> dict:
     """Defaults that keep small instruct models out of loops (they repeat words when greedy)."""
     if kind == "summarize":

@@ -25,7 +25,7 @@ from cluster import storage
 from llm_core.baselines import TfidfClassifier, identity_translation, lead_sentence
 from llm_core.llm import RowResult
 from llm_core.sampling import SamplingParams
-from llm_core.tasks import TaskSpec
+from llm_core.tasks import TaskSpec, row_error
 
 log = structlog.get_logger()
 
@@ -99,14 +99,9 @@ class BaselineRunner:
         good: list[int] = []
         for i, text in enumerate(texts):
             language = target_languages[i] if target_languages is not None else None
-            if text is None:
-                results[i] = RowResult(None, "text is null")
-            elif not isinstance(text, str):
-                results[i] = RowResult(None, f"text is not a string ({type(text).__name__})")
-            elif not text.strip():
-                results[i] = RowResult(None, "text is empty")
-            elif spec.kind == "translate" and target_languages is not None and not (language or "").strip():
-                results[i] = RowResult(None, "target language is missing for this row")
+            error = row_error(spec, text, language, target_languages is not None)
+            if error:
+                results[i] = RowResult(None, error)
             else:
                 good.append(i)
         outputs = self._outputs(spec, [texts[i] for i in good])

@@ -95,6 +95,7 @@ class Classifier:
     def run_task(self, spec, texts: list, params=None, **_ignored) -> list:
         """One llm_core RowResult per text, as LLM.run_task gives: the label, or an error for a bad row."""
         from llm_core.llm import RowResult
+        from llm_core.tasks import row_error
 
         if spec.kind != "classify":
             raise ValueError(f"a classification model runs classify jobs only, not {spec.kind}")
@@ -102,8 +103,9 @@ class Classifier:
         results: list = [None] * len(texts)
         good = []
         for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                results[i] = RowResult(None, "text is null" if text is None else "text is empty")
+            error = row_error(spec, text)
+            if error:
+                results[i] = RowResult(None, error)
             else:
                 good.append(i)
         if good:
