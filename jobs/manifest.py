@@ -51,7 +51,8 @@ class CrossChecked(Strict):
 
 class SummarizeTask(Strict):
     kind: Literal["summarize"] = "summarize"
-    style: Literal["one_sentence", "short_paragraph"] = "one_sentence"
+    # headline: a title-like line of at most 10 words (what package synopses and headlines are)
+    style: Literal["one_sentence", "headline", "short_paragraph"] = "one_sentence"
     system_prompt: str | None = None
 
 

@@ -67,6 +67,11 @@ def default_sampling(kind: str) -> dict:
 
 def user_message(spec: TaskSpec, text: str, target_language: str | None = None) -> str:
     if spec.kind == "summarize":
+        if spec.style == "headline":
+            return (
+                "Write a short headline (at most 10 words) that says what the following is. "
+                f"Reply with the headline only.\n\n{text}"
+            )
         if spec.style == "one_sentence":
             return (
                 "Write a one-sentence summary (at most 15 words) of the following text. "
@@ -103,11 +108,11 @@ def build_messages(spec: TaskSpec, text: str, target_language: str | None = None
 
 # Small models often announce their answer ("The one-sentence version: ...", "Here's a summary:").
 _PREFIXES = re.compile(
-    r"^\s*[^:\n]{0,40}\b(summary|summarization|version|suggestion|translation|answer|category|label|output)"
+    r"^\s*[^:\n]{0,40}\b(summary|summarization|headline|title|version|suggestion|translation|answer|category|label|output)"
     r"\b[^:\n]{0,25}:\s*",
     re.I,
 )
-_SENTENCE_END = re.compile(r"(?<=[A-Za-z0-9)\]][.!?])[\"']?\s+(?=[A-Z])")
+_SENTENCE_END = re.compile(r"(?<=[A-Za-z0-9)\]]{2}[.!?])[\"']?\s+(?=[A-Z])")
 _BULLET = "*-\u2022 \t#>"
 
 
@@ -116,17 +121,18 @@ def clean_output(spec: TaskSpec, raw: str) -> str:
     if spec.kind == "generate":
         return text
     lines = [line.strip().lstrip(_BULLET).strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
+    lines = [line for line in lines if line and not line.startswith("```")]  # stray code fences
     while len(lines) > 1 and lines[0].endswith(":"):  # "Here's a one-line summary:" then the answer
         lines.pop(0)
-    text = lines[0] if spec.kind == "summarize" and spec.style == "one_sentence" and lines else "\n".join(lines)
+    single_line = spec.kind == "summarize" and spec.style in ("one_sentence", "headline")
+    text = lines[0] if single_line and lines else "\n".join(lines)
     for _ in range(2):  # "The one-sentence summary: The one-sentence summary is: ..."
         stripped = _PREFIXES.sub("", text, count=1).strip()
         if stripped:
             text = stripped
     if text.endswith(":") and _PREFIXES.match(text + " "):
         return ""  # only an announcement, no answer
-    if spec.kind == "summarize" and spec.style == "one_sentence":
+    if single_line:
         text = _SENTENCE_END.split(" ".join(text.split()))[0]
     if text[:1] in "\"'" and text.count(text[0]) <= 2:
         text = text.strip(text[0]).strip()

@@ -51,3 +51,10 @@ def test_match_label():
 def test_task_defaults_fight_loops():
     assert default_sampling("summarize")["repetition_penalty"] > 1.0
     assert default_sampling("classify")["repetition_penalty"] == 1.0
+
+
+def test_headline_style():
+    spec = TaskSpec("summarize", style="headline")
+    assert "headline (at most 10 words)" in user_message(spec, "Vim is an editor.")
+    assert clean_output(spec, "Headline: Vim, a text editor\n\nMore text.") == "Vim, a text editor"
+    assert clean_output(spec, "```python\nA fast JSON parser. It is good.") == "A fast JSON parser."
