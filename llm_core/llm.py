@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llm_core.engine_select import load_engine
 from llm_core.sampling import SamplingParams
-from llm_core.tasks import TaskSpec, build_messages, clean_output, row_error
+from llm_core.tasks import TaskSpec, build_messages, clean_output, screen_rows
 from llm_core.tokenizer import ModelTokenizer
 
 
@@ -50,19 +50,17 @@ class LLM:
         """One RowResult per text, in order. Bad rows get an error and never stop the others."""
         limit = self.engine.max_context - (0 if spec.kind == "classify" else params.max_new_tokens)
         max_input = min(max_input_tokens or limit, limit)
-        results: list[RowResult | None] = [None] * len(texts)
+        errors, good = screen_rows(spec, texts, target_languages)
+        results: list[RowResult | None] = [RowResult(None, errors[i]) if i in errors else None
+                                           for i in range(len(texts))]
         prompts: dict[int, list[int]] = {}
-        for i, text in enumerate(texts):
+        for i in good:
             language = target_languages[i] if target_languages is not None else None
-            error = row_error(spec, text, language, target_languages is not None)
+            ids, error = self._prompt(spec, texts[i], language, max_input, on_long_input)
             if error:
                 results[i] = RowResult(None, error)
             else:
-                ids, error = self._prompt(spec, text, language, max_input, on_long_input)
-                if error:
-                    results[i] = RowResult(None, error)
-                else:
-                    prompts[i] = ids
+                prompts[i] = ids
         order = list(prompts)
         if spec.kind == "classify":
             self._classify(spec, order, prompts, results)

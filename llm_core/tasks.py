@@ -53,6 +53,20 @@ def row_error(spec: TaskSpec, text, language: str | None = None, per_row_languag
     return None
 
 
+def screen_rows(spec: TaskSpec, texts: list, target_languages: list | None = None) -> tuple[dict[int, str], list[int]]:
+    """Split rows into those that cannot run (index -> error) and the indices of those that can."""
+    errors: dict[int, str] = {}
+    good: list[int] = []
+    for i, text in enumerate(texts):
+        language = target_languages[i] if target_languages is not None else None
+        error = row_error(spec, text, language, target_languages is not None)
+        if error:
+            errors[i] = error
+        else:
+            good.append(i)
+    return errors, good
+
+
 def default_sampling(kind: str) -> dict:
     """Defaults that keep small instruct models out of loops (they repeat words when greedy)."""
     if kind == "summarize":

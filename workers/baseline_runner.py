@@ -25,7 +25,7 @@ from cluster import storage
 from llm_core.baselines import TfidfClassifier, identity_translation, lead_sentence
 from llm_core.llm import RowResult
 from llm_core.sampling import SamplingParams
-from llm_core.tasks import TaskSpec, row_error
+from llm_core.tasks import TaskSpec, screen_rows
 
 log = structlog.get_logger()
 
@@ -95,15 +95,9 @@ class BaselineRunner:
     def run_task(self, spec: TaskSpec, texts: list, params: SamplingParams | None = None, *,
                  max_input_tokens: int | None = None, on_long_input: str = "truncate",
                  target_languages: list | None = None) -> list[RowResult]:
-        results: list[RowResult | None] = [None] * len(texts)
-        good: list[int] = []
-        for i, text in enumerate(texts):
-            language = target_languages[i] if target_languages is not None else None
-            error = row_error(spec, text, language, target_languages is not None)
-            if error:
-                results[i] = RowResult(None, error)
-            else:
-                good.append(i)
+        errors, good = screen_rows(spec, texts, target_languages)
+        results: list[RowResult | None] = [RowResult(None, errors[i]) if i in errors else None
+                                           for i in range(len(texts))]
         outputs = self._outputs(spec, [texts[i] for i in good])
         for i, output in zip(good, outputs):
             results[i] = RowResult(output or None, None if output else "baseline produced an empty output",

@@ -95,19 +95,13 @@ class Classifier:
     def run_task(self, spec, texts: list, params=None, **_ignored) -> list:
         """One llm_core RowResult per text, as LLM.run_task gives: the label, or an error for a bad row."""
         from llm_core.llm import RowResult
-        from llm_core.tasks import row_error
+        from llm_core.tasks import screen_rows
 
         if spec.kind != "classify":
             raise ValueError(f"a classification model runs classify jobs only, not {spec.kind}")
         self.check_labels(spec.labels)
-        results: list = [None] * len(texts)
-        good = []
-        for i, text in enumerate(texts):
-            error = row_error(spec, text)
-            if error:
-                results[i] = RowResult(None, error)
-            else:
-                good.append(i)
+        errors, good = screen_rows(spec, texts)
+        results: list = [RowResult(None, errors[i]) if i in errors else None for i in range(len(texts))]
         if good:
             labels = self.predict([texts[i] for i in good])
             for i, label in zip(good, labels):
