@@ -90,11 +90,12 @@ def test_qwen2_greedy_matches_transformers(tmp_path):
         assert completions[0].token_ids == hf_greedy(hf, prompt, params)
 
 
-def test_continuous_batching_equals_one_at_a_time(llama):
+@pytest.mark.parametrize("settings", [dict(), dict(repetition_penalty=1.3, no_repeat_ngram_size=3)])
+def test_continuous_batching_equals_one_at_a_time(llama, settings):
     # Two slots for seven prompts, and an EOS that ends some early: sequences join as others
-    # leave, and their cache slots get compacted.
+    # leave, and their cache slots (and seen-token rows, with a penalty) get compacted.
     batch = prompts(7, seed=3)
-    params = SamplingParams(max_new_tokens=20)
+    params = SamplingParams(max_new_tokens=20, **settings)
     alone_engine = NativeEngine(llama[0], device="cpu", dtype="float32")
     free_run = [alone_engine.generate([p], params)[0][0].token_ids for p in batch]
     counts = torch.bincount(torch.tensor([t for run in free_run for t in run]), minlength=VOCAB)

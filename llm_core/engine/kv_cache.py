@@ -42,13 +42,15 @@ class KVCache:
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]
 
-    def compact(self, running: list) -> None:
-        """Renumber the slots of `running` (objects with .slot and len()) to 0..n-1."""
+    def compact(self, running: list, followers: tuple = ()) -> None:
+        """Renumber the slots of `running` (objects with .slot and len()) to 0..n-1; per-slot
+        state kept elsewhere (`followers`, each with the same move()) moves along."""
         n = len(running)
         taken = {s.slot for s in running}
         holes = iter(sorted(set(range(n)) - taken))
         for seq in running:
             if seq.slot >= n:
                 dst = next(holes)
-                self.move(seq.slot, dst, len(seq))
+                for store in (self, *followers):
+                    store.move(seq.slot, dst, len(seq))
                 seq.slot = dst

@@ -14,6 +14,7 @@ from llm_core.engine.model_runner import ModelRunner
 from llm_core.engine.sampler import sample
 from llm_core.engine.scheduler import Scheduler
 from llm_core.engine.sequence import Sequence
+from llm_core.engine.token_history import TokenHistory
 from llm_core.engine.stopping import check_stop, completion_ids, completion_text
 from llm_core.models import load_model
 from llm_core.sampling import Completion, SamplingParams
@@ -83,16 +84,22 @@ class NativeEngine:
         ]
         for seq in seqs:
             scheduler.add(seq)
+        history = None
+        if params.repetition_penalty != 1.0:
+            history = TokenHistory(self.max_num_seqs, cache.max_len, self.device)
+        followers = (history,) if history is not None else ()
         while not scheduler.done:
             kind, batch = scheduler.schedule()
             if kind == "prefill":
                 logits = torch.stack(self.runner.extend([(s.slot, 0, s.prompt) for s in batch]))
+                for seq in batch if history is not None else ():
+                    history.start(seq.slot, seq.prompt)
             else:
                 logits = self.runner.decode([s.last_token for s in batch], [len(s) - 1 for s in batch])
-            for seq, token in zip(batch, sample(logits, batch)):
+            for seq, token in zip(batch, self._next_tokens(logits, batch, history)):
                 seq.output.append(token)
                 check_stop(seq, self.eos_token_ids, self.tokenizer, min(cache.max_len, self.max_context))
-            scheduler.release_finished(cache)
+            scheduler.release_finished(cache, followers)
         results: list[list[Completion]] = [[] for _ in prompts]
         for seq in seqs:
             results[seq.prompt_index].append(
@@ -104,6 +111,15 @@ class NativeEngine:
                 )
             )
         return results
+
+    def _next_tokens(self, logits: torch.Tensor, batch: list[Sequence], history: TokenHistory | None) -> list[int]:
+        if history is None:
+            return sample(logits, batch)
+        slots = torch.tensor([s.slot for s in batch], device=self.device)
+        lengths = [len(s) for s in batch]  # the new token's position in each row
+        tokens = sample(logits, batch, history.rows(slots, max(lengths)))
+        history.add(slots, torch.tensor(lengths, device=self.device), torch.tensor(tokens, device=self.device))
+        return tokens
 
     @torch.inference_mode()
     def score(

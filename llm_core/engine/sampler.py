@@ -13,15 +13,13 @@ import torch
 from llm_core.engine.sequence import Sequence
 
 
-def apply_repetition_penalty(logits: torch.Tensor, seqs: list[Sequence]) -> None:
-    for row, seq in enumerate(seqs):
-        penalty = seq.params.repetition_penalty
-        if penalty == 1.0:
-            continue
-        seen = torch.tensor(seq.tokens, device=logits.device)
-        scores = logits[row].gather(0, seen)
-        scores = torch.where(scores < 0, scores * penalty, scores / penalty)
-        logits[row].scatter_(0, seen, scores)
+def apply_repetition_penalty(logits: torch.Tensor, penalties: torch.Tensor, history: torch.Tensor) -> None:
+    """transformers' rule for every row at once: the logit of an id in the row's history is
+    divided by its penalty when positive, multiplied when negative. penalties [B]; history
+    [B, L] token ids (repeats are harmless: every copy gets the same value)."""
+    p = penalties[:, None]
+    scores = logits.gather(1, history)
+    logits.scatter_(1, history, torch.where(scores < 0, scores * p, scores / p))
 
 
 def banned_ngram_tokens(seq: Sequence) -> list[int]:
@@ -42,11 +40,17 @@ def banned_ngram_tokens(seq: Sequence) -> list[int]:
 
 
 def apply_no_repeat_ngram(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    """Ban, in one indexed write for the whole batch, each row's n-gram-repeating tokens."""
+    rows: list[int] = []
+    banned: list[int] = []
     for row, seq in enumerate(seqs):
         if seq.params.no_repeat_ngram_size > 0:
-            banned = banned_ngram_tokens(seq)
-            if banned:
-                logits[row, banned] = float("-inf")
+            tokens = banned_ngram_tokens(seq)
+            rows += [row] * len(tokens)
+            banned += tokens
+    if banned:
+        device = logits.device
+        logits[torch.tensor(rows, device=device), torch.tensor(banned, device=device)] = float("-inf")
 
 
 def warp(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
@@ -71,11 +75,16 @@ def warp(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     return logits
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """logits: [B, V] for seqs (row b is seqs[b]); returns one token id per sequence."""
+def sample(logits: torch.Tensor, seqs: list[Sequence], history: torch.Tensor | None = None) -> list[int]:
+    """logits: [B, V] for seqs (row b is seqs[b]); history: [B, L] each row's token ids, needed
+    when a row has a repetition penalty (see TokenHistory). Returns one token id per sequence.
+    fp32 logits are edited in place (no [B, V] copy per step): callers must not reuse them."""
     logits = logits.float()
-    if any(s.params.repetition_penalty != 1.0 for s in seqs):
-        apply_repetition_penalty(logits, seqs)
+    penalties = [s.params.repetition_penalty for s in seqs]
+    if any(p != 1.0 for p in penalties):
+        if history is None:
+            raise ValueError("a repetition penalty needs the rows' token history")
+        apply_repetition_penalty(logits, torch.tensor(penalties, device=logits.device), history)
     if any(s.params.no_repeat_ngram_size > 0 for s in seqs):
         apply_no_repeat_ngram(logits, seqs)
     tokens = logits.argmax(dim=-1)

@@ -44,9 +44,9 @@ class Scheduler:
             return "prefill", batch
         return "decode", sorted(self.running, key=lambda s: s.slot)
 
-    def release_finished(self, cache: KVCache) -> list[Sequence]:
+    def release_finished(self, cache: KVCache, followers: tuple = ()) -> list[Sequence]:
         finished = [s for s in self.running if s.finished]
         if finished:
             self.running = [s for s in self.running if not s.finished]
-            cache.compact(self.running)
+            cache.compact(self.running, followers)
         return finished
