@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from llm_core.engine import NativeEngine
+from llm_core.engine import cuda_graphs
+from llm_core.engine.cuda_graphs import DecodeGraphs
 from llm_core.sampling import SamplingParams
 
 VOCAB = 256
@@ -246,3 +248,40 @@ def test_builtin_model_greedy_matches_transformers_on_debian_prompts():
         if want and want[-1] in engine.eos_token_ids:
             want = want[:-1]  # the engine does not return the EOS token
         assert completions[0].token_ids == want
+
+
+class EagerDecodeGraphs(DecodeGraphs):
+    """DecodeGraphs whose 'graphs' run their step eagerly on replay. CUDA graphs cannot run on
+    this CPU-only machine; what this keeps real is everything around them: the static input
+    buffers, padding a batch up to its bucket with rows in free slots, the full-length mask."""
+
+    def _capture(self, size: int) -> None:
+        outer = self
+
+        class Replay:
+            def replay(self) -> None:
+                outer.outputs[size] = outer._step(size)
+
+        self.graphs[size] = Replay()
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(repetition_penalty=1.3)])
+def test_decode_graph_buffers_and_buckets_give_the_eager_tokens(llama, monkeypatch, settings):
+    batch = prompts(7, seed=4)  # 7 running sequences: the bucket of 8 gets one padding row
+    params = SamplingParams(max_new_tokens=18, **settings)
+    eager = NativeEngine(llama[0], device="cpu", dtype="float32", max_num_seqs=8)
+    free_run = [t for c in eager.generate(batch, params) for t in c[0].token_ids]
+    eos = int(torch.bincount(torch.tensor(free_run)).argmax())  # ends sequences at different steps
+    eager.eos_token_ids = (eos,)
+    want = ids(eager.generate(batch, params))
+    monkeypatch.setattr(cuda_graphs, "DecodeGraphs", EagerDecodeGraphs)
+    graphed = NativeEngine(llama[0], device="cpu", dtype="float32", max_num_seqs=8)
+    graphed.runner.use_cuda_graphs = True
+    graphed.eos_token_ids = (eos,)
+    sizes = []
+    decode = graphed.runner.decode
+    graphed.runner.decode = lambda tokens, positions: sizes.append(len(tokens)) or decode(tokens, positions)
+    assert ids(graphed.generate(batch, params)) == want
+    assert isinstance(graphed.runner.graphs, EagerDecodeGraphs)
+    assert graphed.runner.graphs.buckets == [1, 2, 4, 8]
+    assert len(set(sizes) - {1, 2, 4, 8}) >= 2  # several batches were padded up to a bucket

@@ -1,7 +1,8 @@
 """Attention backends that read and write the engine's KV cache (see models/attention.py).
 
 Prefill: the new tokens of several sequences are packed with no padding; each sequence attends
-to what its slot already holds (a prompt, when scoring continuations) plus its new tokens.
+to what its slot already holds (a prompt, when scoring continuations) plus its new tokens. Fresh
+prompts attend in one padded SDPA call (models.attention.PaddedLayout).
 Decode: one token per sequence, all sequences in one SDPA call over the compact slot view.
 """
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_core.engine.kv_cache import KVCache
-from llm_core.models.attention import causal_attention
+from llm_core.models.attention import PaddedLayout, causal_attention
 
 
 class PrefillAttention:
@@ -24,9 +25,15 @@ class PrefillAttention:
             [torch.arange(st, st + n) for st, n in zip(starts, lens)]
         ).to(device)
         self.rows = cache.rows(self.slot_ids, self.positions)
+        # Fresh prompts only (generation): one padded SDPA call per layer for all of them.
+        # Continuations of cached prefixes (scoring) keep the per-sequence path.
+        fresh = len(lens) > 1 and not any(starts)
+        self.layout = PaddedLayout(lens, device) if fresh else None
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.cache.write(layer, self.rows, k, v)
+        if self.layout is not None:
+            return self.layout.causal_attention(q, k, v)
         outs, off = [], 0
         for slot, start, n in zip(self.slots, self.starts, self.lens):
             qs = q[off : off + n]

@@ -30,17 +30,47 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return out[0].transpose(0, 1)
 
 
+class PaddedLayout:
+    """Where each token of sequences packed back to back sits in a right-padded [B, L] batch.
+
+    Lets attention over many sequences be one SDPA call instead of one per sequence: the
+    projections stay packed (no padding waste there) and only q/k/v are spread out. Padding
+    sits after each sequence's tokens, so under the causal mask no real query ever sees it."""
+
+    def __init__(self, seq_lens: Sequence[int], device=None):
+        self.batch, self.width = len(seq_lens), max(seq_lens)
+        self.index = torch.cat(
+            [torch.arange(n) + b * self.width for b, n in enumerate(seq_lens)]
+        ).to(device)
+
+    def spread(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, heads, D] -> [B, heads, L, D], zeros where padded."""
+        out = x.new_zeros(self.batch * self.width, *x.shape[1:])
+        out.index_copy_(0, self.index, x)
+        return out.view(self.batch, self.width, *x.shape[1:]).transpose(1, 2)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, heads, L, D] -> [T, heads, D]: the real tokens only, in packed order."""
+        flat = x.transpose(1, 2).reshape(self.batch * self.width, x.shape[1], x.shape[3])
+        return flat.index_select(0, self.index)
+
+    def causal_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(
+            self.spread(q), self.spread(k), self.spread(v), is_causal=True, enable_gqa=True
+        )
+        return self.gather(out)
+
+
 class PackedCausalAttention:
     """Sequences packed back to back with no padding; each attends only to itself."""
 
     def __init__(self, seq_lens: Sequence[int]):
         self.seq_lens = list(seq_lens)
+        self.layout: PaddedLayout | None = None  # built on the first call, on q's device
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if len(self.seq_lens) == 1:
             return causal_attention(q, k, v)
-        outs, start = [], 0
-        for n in self.seq_lens:
-            outs.append(causal_attention(q[start : start + n], k[start : start + n], v[start : start + n]))
-            start += n
-        return torch.cat(outs)
+        if self.layout is None:
+            self.layout = PaddedLayout(self.seq_lens, q.device)
+        return self.layout.causal_attention(q, k, v)
