@@ -1,8 +1,9 @@
 """Attention backends that read and write the engine's KV cache (see models/attention.py).
 
 Prefill: the new tokens of several sequences are packed with no padding; each sequence attends
-to what its slot already holds (a prompt, when scoring continuations) plus its new tokens. Fresh
-prompts attend in one padded SDPA call (models.attention.PaddedLayout).
+to what its slot already holds (a prompt, when scoring continuations) plus its new tokens. Either
+way all sequences attend in one SDPA call per layer, their queries spread into a right-padded
+batch (models.attention.PaddedLayout).
 Decode: one token per sequence, all sequences in one SDPA call over the compact slot view.
 """
 
@@ -17,44 +18,32 @@ from llm_core.models.attention import PaddedLayout, causal_attention
 
 class PrefillAttention:
     def __init__(self, cache: KVCache, slots: list[int], starts: list[int], lens: list[int], device):
-        self.cache, self.slots, self.starts, self.lens = cache, slots, starts, lens
-        self.slot_ids = torch.tensor(
-            [s for s, n in zip(slots, lens) for _ in range(n)], device=device
-        )
+        self.cache, self.lens = cache, lens
+        slot_ids = torch.tensor([s for s, n in zip(slots, lens) for _ in range(n)], device=device)
         self.positions = torch.cat(
             [torch.arange(st, st + n) for st, n in zip(starts, lens)]
         ).to(device)
-        self.rows = cache.rows(self.slot_ids, self.positions)
-        # Fresh prompts only (generation): one padded SDPA call per layer for all of them.
-        # Continuations of cached prefixes (scoring) keep the per-sequence path.
-        fresh = len(lens) > 1 and not any(starts)
-        self.layout = PaddedLayout(lens, device) if fresh else None
+        self.rows = cache.rows(slot_ids, self.positions)
+        self.fresh = not any(starts)
+        self.layout = PaddedLayout(lens, device) if len(lens) > 1 or not self.fresh else None
+        if not self.fresh:
+            # Continuations of cached prefixes (scoring): new token i of sequence b sees its
+            # slot's first starts[b] + i + 1 entries; later entries may be stale, so masked.
+            self.slots = torch.tensor(slots, device=device)
+            self.key_len = max(st + n for st, n in zip(starts, lens))
+            limit = torch.tensor(starts, device=device)[:, None] + torch.arange(max(lens), device=device)[None, :]
+            self.mask = (torch.arange(self.key_len, device=device)[None, None, :] <= limit[:, :, None])[:, None]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.cache.write(layer, self.rows, k, v)
-        if self.layout is not None:
-            return self.layout.causal_attention(q, k, v)
-        outs, off = [], 0
-        for slot, start, n in zip(self.slots, self.starts, self.lens):
-            qs = q[off : off + n]
-            if start == 0:
-                outs.append(causal_attention(qs, k[off : off + n], v[off : off + n]))
-            else:
-                outs.append(self._attend_with_prefix(layer, qs, slot, start, n))
-            off += n
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-    def _attend_with_prefix(self, layer, q, slot, start, n) -> torch.Tensor:
-        keys = self.cache.k[layer, slot, :, : start + n]
-        values = self.cache.v[layer, slot, :, : start + n]
-        # New token i sees the cached prefix and new tokens 0..i.
-        mask = torch.arange(start + n, device=q.device)[None, :] <= (
-            start + torch.arange(n, device=q.device)[:, None]
-        )
+        if self.fresh:  # all sequences in one padded causal call (one sequence: no padding)
+            return causal_attention(q, k, v) if self.layout is None else self.layout.causal_attention(q, k, v)
+        keys = self.cache.k[layer, self.slots, :, : self.key_len]
+        values = self.cache.v[layer, self.slots, :, : self.key_len]
         out = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None], keys[None], values[None], attn_mask=mask, enable_gqa=True
+            self.layout.spread(q), keys, values, attn_mask=self.mask, enable_gqa=True
         )
-        return out[0].transpose(0, 1)
+        return self.layout.gather(out)
 
 
 class DecodeAttention:
