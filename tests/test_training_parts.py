@@ -130,3 +130,51 @@ def test_mfu_arithmetic():
     assert f == 6e6 + 12 * 2 * 64 * 128
     assert mfu(1000.0, f, devices=2, peak=None) is None
     assert mfu(1000.0, f, devices=2, peak=1e12) == pytest.approx(1000 * f / 2e12)
+
+
+def test_rescaled_resume_splits_the_samples_seen_over_the_new_ranks():
+    from workers import training_rescale as rescale
+
+    # 10 steps of grad_accum 2, micro_batch 8, on 2 ranks: 320 samples, 20 micro-batches a rank.
+    meta = {"step": 10, "world_size": 2, "samples": 320}
+    assert rescale.data_skip(meta, micro_batch=8, grad_accum=2, world=2) == 20
+    assert rescale.data_skip(meta, micro_batch=8, grad_accum=2, world=1) == 40  # both shares, one stream
+    assert rescale.data_skip(meta, micro_batch=8, grad_accum=2, world=3) == 13  # 320 / 24, rounded down
+    assert rescale.data_skip(meta, micro_batch=4, grad_accum=2, world=2) == 40  # micro_batch edited too
+    # Checkpoints from before `samples` was recorded: every step took grad_accum micro-batches a rank.
+    assert rescale.data_skip({"step": 10, "world_size": 2}, micro_batch=8, grad_accum=2, world=1) == 40
+
+
+def test_universal_load_only_for_zero_state_on_another_world_size():
+    from workers import training_rescale as rescale
+
+    assert rescale.needs_universal(zero_stage=2, written_by=2, world=1)
+    assert rescale.needs_universal(zero_stage=3, written_by=1, world=2)
+    assert not rescale.needs_universal(zero_stage=2, written_by=2, world=2)
+    assert not rescale.needs_universal(zero_stage=0, written_by=2, world=1)  # whole copies on every rank
+    base = deepspeed_config(manifest(deepspeed={"zero_stage": 3}))
+    cfg = rescale.universal_config(base)
+    assert cfg["checkpoint"] == {"load_universal": True} and "checkpoint" not in base
+    assert cfg["zero_optimization"] == base["zero_optimization"]
+
+
+def test_optimizer_state_repaired_after_a_zero3_universal_load(tmp_path):
+    from workers import training_rescale as rescale
+    from workers.training_optim import param_groups
+
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = torch.optim.AdamW(param_groups(module, weight_decay=0.1), lr=1e-3)
+    saved = [{**{k: v for k, v in g.items() if k != "params"}, "params": [0]} for g in opt.param_groups]
+    (tmp_path / "zero").mkdir()
+    torch.save({"param_groups": saved}, tmp_path / "zero" / "optimizer_state.pt")
+    # What DeepSpeed's ZeRO-3 universal load leaves: group 0's values everywhere, one step tensor.
+    step = torch.tensor(3.0)
+    for g in opt.param_groups:
+        g["weight_decay"] = 0.1
+        opt.state[g["params"][0]]["step"] = step
+    rescale.repair_optimizer_state(opt, tmp_path)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 3]  # the tensors stay
+    steps = [opt.state[g["params"][0]]["step"] for g in opt.param_groups]
+    steps[0] += 1  # AdamW advances it in place
+    assert [float(s) for s in steps] == [4.0, 3.0]

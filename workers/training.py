@@ -1,10 +1,11 @@
 """The per-worker training loop run by Ray Train's TorchTrainer, with DeepSpeed ZeRO applied here.
 
 Each worker: build the plain torch model (workers.training_model), wrap it with
-deepspeed.initialize, resume from the newest complete checkpoint under checkpoint.uri (if any),
-then loop over micro-batches of its data share; every `log_every` optimizer steps rank 0 reports
-loss, tokens/s and MFU; every `eval_every` steps all ranks evaluate; every `every_steps` steps all
-ranks checkpoint. At the end rank 0 writes the canonical model folder to output.uri.
+deepspeed.initialize, resume from the newest complete checkpoint under checkpoint.uri (if any,
+written by this or another number of workers: workers.training_rescale), then loop over
+micro-batches of its data share; every `log_every` optimizer steps rank 0 reports loss, tokens/s
+and MFU; every `eval_every` steps all ranks evaluate; every `every_steps` steps all ranks
+checkpoint. At the end rank 0 writes the canonical model folder to output.uri.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.distributed as dist
 
 from cluster import logs, storage
 from workers import training_checkpoint as ckpt
+from workers import training_rescale as rescale
 from workers.training_data import Encoder, eval_batches, train_batches
 from workers.training_deepspeed import deepspeed_config, resolve_precision
 from workers.training_eval import evaluate, forward_loss, to_device
@@ -98,9 +100,15 @@ def train_loop(config: dict) -> None:
     module = build_model(manifest, tokenizer, model_dir, labels, seed=tr.seed)
     optimizer = build_optimizer(module, manifest.optimizer, manifest.deepspeed.offload_optimizer != "none")
     scheduler = build_scheduler(optimizer, total_steps, manifest.optimizer)
+    resume_from = ckpt.latest_complete(ck.uri)
+    meta = ckpt.read_meta(ck.uri, resume_from) if resume_from is not None else None
+    written_by = meta["world_size"] if meta else world
+    # Another worker count than the checkpoint's: DeepSpeed must be told at initialize.
+    universal = rescale.needs_universal(manifest.deepspeed.zero_stage, written_by, world)
+    ds_config = deepspeed_config(manifest, precision=precision)
     engine, _, _, _ = deepspeed.initialize(
         model=module, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(manifest, precision=precision),
+        config=rescale.universal_config(ds_config) if universal else ds_config,
     )
     n_params, n_dense = count_params(module)
     lm_cfg = causal_lm_of(module).config
@@ -109,27 +117,25 @@ def train_loop(config: dict) -> None:
     log.info("train.start", params=n_params, precision=precision, zero_stage=manifest.deepspeed.zero_stage,
              total_steps=total_steps, device=device)
 
-    step = 0
-    resume_from = ckpt.latest_complete(ck.uri)
+    step = consumed = 0  # consumed: micro-batches this rank's data stream has given, skipped ones included
     if resume_from is not None:
-        written_by = ckpt.read_meta(ck.uri, resume_from).get("world_size", world)
-        if written_by != world:  # ZeRO shards are cut per rank: another world size cannot load them
-            raise ValueError(f"checkpoint step-{resume_from} under {ck.uri} was written by {written_by} workers, "
-                             f"this run has {world}; keep resources.workers or use output.mode: overwrite")
-        ckpt.load(engine, ck.uri, resume_from, rank)
+        ckpt.load(engine, ck.uri, resume_from, rank, universal=universal)
         step = resume_from
-        log.info("train.resumed", from_step=step, checkpoint=storage.join(ck.uri, ckpt.tag(step)))
-        progress(event="resumed", step=step)
+        consumed = rescale.data_skip(meta, tr.micro_batch, tr.grad_accum, world)
+        log.info("train.resumed", from_step=step, checkpoint=storage.join(ck.uri, ckpt.tag(step)),
+                 from_world=written_by, to_world=world, data_skip=consumed)
+        progress(event="resumed", step=step, from_world=written_by, to_world=world)
 
     encoder = Encoder(manifest, tokenizer, labels)
     evals = eval_batches(manifest, encoder, rank, world) if step < total_steps else []
-    batches = train_batches(manifest, encoder, rank, world, skip=step * tr.grad_accum)
+    batches = train_batches(manifest, encoder, rank, world, skip=consumed)
     # loss sum, micro-batches, tokens, cancel flag: one all-reduce per log step carries them all
     window = torch.zeros(4, dtype=torch.float64, device=engine.device)
     t_window, last_eval, last_saved = time.perf_counter(), {}, resume_from
     engine.train()
     while step < total_steps:
         batch = to_device(next(batches), engine.device)
+        consumed += 1
         loss, _ = forward_loss(engine, batch, manifest.objective)
         engine.backward(loss)
         engine.step()
@@ -156,7 +162,7 @@ def train_loop(config: dict) -> None:
             window.zero_()
             t_window = time.perf_counter()
             if cancelled and step < total_steps:  # keep the work done: a rerun resumes here
-                ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps), rank, ck.keep, log)
+                ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, consumed), rank, ck.keep, log)
                 log.info("train.cancelled", step=step)
                 progress(event="cancelled", step=step)
                 return
@@ -167,12 +173,12 @@ def train_loop(config: dict) -> None:
             if last_eval:
                 progress(event="eval", step=step, **last_eval)
         if step % ck.every_steps == 0 and step < total_steps:
-            ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps), rank, ck.keep, log)
+            ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, consumed), rank, ck.keep, log)
             last_saved = step
         _maybe_crash(config, step, rank, world, resume_from, log)
 
     if last_saved != step:  # the end state too, so a rerun after a failed export skips training
-        ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps), rank, ck.keep, log)
+        ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, consumed), rank, ck.keep, log)
     last_eval = evaluate(engine, evals, manifest.objective, labels, tokenizer.pad_token_id) or last_eval
     if last_eval:
         progress(event="eval", step=step, **last_eval)
@@ -184,8 +190,12 @@ def train_loop(config: dict) -> None:
     progress(event="done", step=step, final_eval=last_eval, params=n_params, resumed_from=resume_from)
 
 
-def _meta(config: dict, step: int, total_steps: int) -> dict:
-    return {"step": step, "total_steps": total_steps, "world_size": dist.get_world_size(),
+def _meta(config: dict, step: int, total_steps: int, consumed: int) -> dict:
+    """`samples`: trained on by all ranks so far (each took `consumed` micro-batches); a resume on
+    another world size splits it anew."""
+    world = dist.get_world_size()
+    samples = consumed * config["manifest"]["training"]["micro_batch"] * world
+    return {"step": step, "total_steps": total_steps, "world_size": world, "samples": samples,
             "manifest_hash": config["manifest_hash"], "job_id": config["job_id"], "time": time.time()}
 
 

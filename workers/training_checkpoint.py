@@ -4,7 +4,8 @@ Save: each rank writes its DeepSpeed shards into its own local temp folder and u
 after a barrier rank 0 writes `meta.json` then `_COMPLETE`. A folder without `_COMPLETE` (a save
 cut short by a crash) is ignored on resume and removed by pruning. Only the newest `keep`
 complete checkpoints are kept. Load: each rank downloads the newest complete folder and hands it
-to DeepSpeed.
+to DeepSpeed, converted to DeepSpeed's universal format first when the run has another number of
+ranks than the one that wrote it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import structlog
 
 from cluster import storage
+from workers import training_rescale as rescale
 
 log = structlog.get_logger()
 
@@ -99,19 +101,25 @@ def prune(uri: str, keep: int) -> None:
             storage.delete_prefix(storage.join(uri, tag(step)))
 
 
-def load(engine, uri: str, step: int, rank: int) -> None:
-    """Download step-N and load it into the engine (weights, optimizer, LR schedule)."""
+def load(engine, uri: str, step: int, rank: int, universal: bool = False) -> None:
+    """Download step-N and load it into the engine (weights, optimizer, LR schedule).
+
+    `universal`: the checkpoint was written by another number of ranks; it is converted first
+    and the engine must have been built with `checkpoint.load_universal` (training_rescale).
+    """
     local = Path(tempfile.mkdtemp(prefix=f"llmbatch-resume-r{rank}-"))
+    prefix = storage.join(uri, tag(step))
     try:
-        prefix = storage.join(uri, tag(step))
-        for rel in _tree(prefix):
-            dest = local / tag(step) / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(storage.read_bytes(storage.join(prefix, rel)))
-        load_path, _ = engine.load_checkpoint(str(local), tag=tag(step), load_optimizer_states=True,
+        saved = download_folder(prefix, local / "saved" / tag(step))
+        folder = local / "universal" / tag(step) if universal else saved
+        if universal:
+            rescale.to_universal(saved, folder)
+        load_path, _ = engine.load_checkpoint(str(folder.parent), tag=tag(step), load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {prefix}")
+        if universal:
+            rescale.repair_optimizer_state(engine.basic_optimizer, folder)
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
