@@ -105,14 +105,33 @@ def _prepare(manifest: TrainingManifest, job_id: str, log) -> dict:
     if tr.max_steps is not None:
         total = tr.max_steps
     else:
-        per_step = tr.micro_batch * tr.grad_accum * m.resources.workers
         needs_tokens = m.objective == "causal_lm" and m.data.packing is not False
         samples = (_packed_samples(m, tokenizer, labels) if needs_tokens
                    else int(count_rows(m.data.train) * (1 - m.data.eval_fraction)))
-        total = max(1, math.ceil(tr.epochs * samples / per_step))
+        total = _epoch_steps(m, samples, log)
     log.info("train.prepared", total_steps=total, labels=labels, tokenizer=tokenizer["value"])
     return {"manifest": m.model_dump(mode="json"), "manifest_hash": m.manifest_hash(), "job_id": job_id,
             "tokenizer": tokenizer, "labels": labels, "total_steps": total}
+
+
+def _epoch_steps(manifest: TrainingManifest, samples_per_epoch: int, log) -> int:
+    """Optimizer steps that cover `epochs`. A run resuming a checkpoint written by another number
+    of workers takes another number of samples per step: its steps left are counted from the
+    samples the checkpoint has trained on, so the job still covers `epochs`, no more, no less."""
+    from workers import training_checkpoint as ckpt
+
+    tr, workers = manifest.training, manifest.resources.workers
+    per_step = tr.micro_batch * tr.grad_accum * workers
+    wanted = math.ceil(tr.epochs * samples_per_epoch)
+    last = ckpt.latest_complete(manifest.checkpoint.uri)
+    meta = ckpt.read_meta(manifest.checkpoint.uri, last) if last is not None else {}
+    if not meta or meta.get("world_size") == workers or "samples" not in meta:
+        return max(1, math.ceil(wanted / per_step))
+    left = max(0, wanted - meta["samples"])
+    total = meta["step"] + math.ceil(left / per_step)
+    log.info("train.rescaled_schedule", from_world=meta["world_size"], to_world=workers,
+             samples_done=meta["samples"], samples_wanted=wanted, total_steps=total)
+    return total
 
 
 def _packed_samples(manifest: TrainingManifest, tokenizer: dict, labels) -> int:

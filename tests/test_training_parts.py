@@ -178,3 +178,26 @@ def test_optimizer_state_repaired_after_a_zero3_universal_load(tmp_path):
     steps = [opt.state[g["params"][0]]["step"] for g in opt.param_groups]
     steps[0] += 1  # AdamW advances it in place
     assert [float(s) for s in steps] == [4.0, 3.0]
+
+
+def test_epoch_schedule_after_a_rescale_covers_the_samples_left(tmp_path):
+    import json
+
+    import structlog
+
+    from jobs.train_runner import _epoch_steps
+
+    uri = str(tmp_path / "ckpt")
+    m = manifest(training={"max_steps": None, "epochs": 2, "micro_batch": 4},
+                 resources={"workers": 1}, checkpoint={"uri": uri})
+    log = structlog.get_logger()
+    assert _epoch_steps(m, 100, log) == 50  # 200 samples, 4 a step
+    # A 2-worker run stopped at step 10, having trained on 80 samples (8 a step).
+    step = tmp_path / "ckpt" / "step-10"
+    step.mkdir(parents=True)
+    (step / "meta.json").write_text(json.dumps({"step": 10, "world_size": 2, "samples": 80}))
+    (step / "_COMPLETE").write_text("")
+    assert _epoch_steps(m, 100, log) == 10 + 30  # 120 samples left, 4 a step
+    same = manifest(training={"max_steps": None, "epochs": 2, "micro_batch": 4},
+                    resources={"workers": 2}, checkpoint={"uri": uri})
+    assert _epoch_steps(same, 100, log) == 25  # same world: the plan is unchanged
