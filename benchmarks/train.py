@@ -1,10 +1,11 @@
 """Training throughput: our loop (Ray Train + DeepSpeed ZeRO-2) vs plain torch, on the same model.
 
-Both train the same randomly initialised Llama (built by workers.training_model, so the two
-sides cannot drift apart) on the same Debian sample, with the same micro-batch and sequence
-length; tokens/s counts real (non-pad) tokens after warm-up steps. MFU uses the PaLM FLOP count
+Both train the same randomly initialised Llama, llm_core's native decoder with its chunked
+cross-entropy (built by workers.training_model, so the two sides cannot drift apart; its forward
+returns the loss), on the same Debian sample, with the same micro-batch and sequence length;
+tokens/s counts real (non-pad) tokens after warm-up steps. MFU uses the PaLM FLOP count
 (workers.training_metrics) against the device's dense bf16 peak; on CPU it is printed only when
---peak-tflops is given.
+--peak-tflops is given. benchmarks/train_step.py compares the model itself with transformers'.
 
     python benchmarks/train.py --device cpu --model tiny
     python benchmarks/train.py --device cuda --model 0.5b --steps 40 --micro-batch 8 --seq-len 1024
@@ -88,7 +89,7 @@ def run_plain_torch(manifest, args, tokenizer_dir: Path) -> dict:
             tokens, t0 = 0, time.perf_counter()
         batch = {k: v.to(device) for k, v in next(batches).items()}
         with amp:
-            loss = model(**batch).loss
+            loss = model(**batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), manifest.deepspeed.gradient_clipping)
         opt.step()

@@ -29,8 +29,9 @@ def forward_loss(engine, batch: dict, objective: str):
     if objective == "classification":
         logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return F.cross_entropy(logits.float(), batch["label"]), logits
-    out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-    return out.loss, None
+    # TrainableCausalLM returns the mean loss over the shifted targets, as transformers' `.loss`.
+    loss = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    return loss, None
 
 
 @torch.no_grad()
