@@ -41,7 +41,8 @@ def manifest_dict(args, work: Path) -> dict:
         "objective": "causal_lm", "model": SHAPES[args.model],
         "data": {"train": str(args.data), "seq_len": args.seq_len, "packing": True},
         "optimizer": {"lr": 3e-4, "schedule": "constant"},
-        "training": {"micro_batch": args.micro_batch, "max_steps": args.steps, "log_every": args.log_every},
+        "training": {"micro_batch": args.micro_batch, "max_steps": args.steps, "log_every": args.log_every,
+                     "compile": args.compile},
         "deepspeed": {"zero_stage": 2, "precision": "auto"},
         "resources": {"workers": args.workers, "gpus_per_worker": 1 if args.device == "cuda" else 0},
         "checkpoint": {"uri": str(work / "ckpt"), "every_steps": 10**6, "keep": 1},
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=SAMPLE)
     p.add_argument("--peak-tflops", type=float, default=None, help="per device; default: known GPUs only")
     p.add_argument("--ray-address", default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder layers (both sides)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args(argv)
     if args.peak_tflops:

@@ -76,6 +76,8 @@ class TrainingSpec(Strict):
     eval_max_batches: int = Field(50, ge=1, description="per worker")
     log_every: int = Field(10, ge=1)
     seed: int = 0
+    compile: bool = Field(False, description="torch.compile each decoder layer: pays on long GPU runs, "
+                                             "costs minutes of compiling first")
 
 
 class DeepSpeedSpec(Strict):

@@ -181,7 +181,7 @@ def test_finetuned_classifier_exports_to_the_head_runner(tmp_path):
     from workers.training_data import collate
 
     base = build_tiny_model(tmp_path / "base", tokenizer="bpe")
-    manifest = SimpleNamespace(task="finetune", objective="classification")
+    manifest = SimpleNamespace(task="finetune", objective="classification", training=SimpleNamespace(compile=False))
     module = build_model(manifest, None, base, ["a", "b", "c"], seed=3)
     assert isinstance(module, SequenceClassifier)
     cfg = module.lm.config  # the loader builds on the meta device: the rotary buffer must be real
@@ -201,7 +201,8 @@ def test_finetuned_classifier_exports_to_the_head_runner(tmp_path):
 def test_pretrain_weights_are_seeded_and_initialised():
     spec = SimpleNamespace(hidden_size=64, intermediate_size=None, num_layers=2, num_heads=4, num_kv_heads=2,
                            max_position_embeddings=None, rope_theta=10000.0, tie_embeddings=True)
-    manifest = SimpleNamespace(task="pretrain", objective="causal_lm", model=spec, data=SimpleNamespace(seq_len=64))
+    manifest = SimpleNamespace(task="pretrain", objective="causal_lm", model=spec, data=SimpleNamespace(seq_len=64),
+                               training=SimpleNamespace(compile=False))
     tok = type("Tok", (), {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "__len__": lambda self: 300})()
     a, b = (build_model(manifest, tok, None, None, seed=7) for _ in range(2))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
@@ -211,3 +212,19 @@ def test_pretrain_weights_are_seeded_and_initialised():
     assert abs(m.layers[0].mlp.gate_up_proj.weight.std().item() - 0.02) < 0.002
     assert torch.equal(m.norm.weight, torch.ones(64))
     assert a.config.eos_token_ids == (2,) and a.source_config["pad_token_id"] == 2
+
+
+@pytest.mark.slow
+def test_compiled_layers_give_the_same_loss_and_gradients():
+    """training.compile: each layer compiled in place (names unchanged), same maths."""
+    _, eager = hf_and_native("llama-tied")
+    _, compiled = hf_and_native("llama-tied")
+    compiled = TrainableCausalLM(compiled.model, source_config=compiled.source_config, compile_layers=True)
+    assert [n for n, _ in compiled.named_parameters()] == [n for n, _ in eager.named_parameters()]
+    assert all(layer._compiled_call_impl is not None for layer in compiled.model.layers)
+    batch = padded_batch()
+    for model in (eager, compiled):
+        model(**batch).backward()
+    assert torch.allclose(compiled(**batch), eager(**batch), atol=1e-5)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name

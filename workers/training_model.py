@@ -98,7 +98,8 @@ def build_model(manifest, tokenizer, model_dir: Path | None, labels: list[str] |
         source = new_llama_config(manifest.model, len(tokenizer), manifest.data.seq_len, tokenizer)
         decoder = LlamaForCausalLM(ModelConfig.from_dict(source))
         init_weights(decoder, std=INIT_STD)
-    lm = TrainableCausalLM(decoder.train(), source_config=source)
+    lm = TrainableCausalLM(decoder.train(), source_config=source,
+                           compile_layers=manifest.training.compile)
     if manifest.objective == "classification":
         return SequenceClassifier(lm, len(labels))
     return lm
