@@ -174,13 +174,14 @@ def test_classifier_hidden_state_at_last_real_token_matches_transformers():
     assert (got[rows, last] - want[rows, last]).abs().max().item() < 1e-4
 
 
-def test_finetuned_classifier_exports_to_the_head_runner(tmp_path):
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_finetuned_classifier_exports_to_the_head_runner(tmp_path, model_type):
     """build_model (finetune) -> export -> workers.classifier_head gives the module's probabilities."""
     from tests.tiny_model import build_tiny_model
     from workers.classifier_head import load_classifier
     from workers.training_data import collate
 
-    base = build_tiny_model(tmp_path / "base", tokenizer="bpe")
+    base = build_tiny_model(tmp_path / "base", tokenizer="bpe", model_type=model_type)
     manifest = SimpleNamespace(task="finetune", objective="classification", training=SimpleNamespace(compile=False))
     module = build_model(manifest, None, base, ["a", "b", "c"], seed=3)
     assert isinstance(module, SequenceClassifier)

@@ -60,8 +60,10 @@ def build_tiny_model(
     hidden_size: int = 64,
     layers: int = 2,
     seed: int = 0,
+    model_type: str = "llama",
 ) -> Path:
-    """Write a tiny random Llama folder at `out` (config.json, model.safetensors, tokenizer).
+    """Write a tiny random Llama (or `model_type`: qwen2, mistral) folder at `out` (config.json,
+    model.safetensors, tokenizer).
 
     tokenizer: "auto" = the built-in model's when cached, else a trained BPE; "bpe" = always the
     small trained BPE (512 tokens: faster, and independent of what the cache holds).
@@ -71,7 +73,7 @@ def build_tiny_model(
     import torch
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,8 @@ def build_tiny_model(
     else:
         _train_tokenizer(out, vocab_size=512)
     vocab = Tokenizer.from_file(str(out / "tokenizer.json")).get_vocab_size()
-    cfg = LlamaConfig(
+    cfg = AutoConfig.for_model(
+        model_type,
         vocab_size=vocab,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -100,10 +103,10 @@ def build_tiny_model(
         eos_token_id=2,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).eval()
+    model = AutoModelForCausalLM.from_config(cfg).eval()
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     config = cfg.to_dict()
-    config.update(model_type="llama", architectures=["LlamaForCausalLM"], dtype="float32")
+    config.update(model_type=model_type, architectures=[type(model).__name__], dtype="float32")
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return out

@@ -38,19 +38,20 @@ class Classifier:
     def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16, max_tokens: int | None = None):
         from safetensors.torch import load_file
-        from transformers import LlamaModel
+
+        from llm_core.models import TrainableCausalLM, load_model, resolve_device, resolve_dtype
 
         model_dir = Path(model_dir)
         if not is_classifier(model_dir):
             raise ValueError(f"{model_dir} is not a classification model (no llmbatch_task in config.json)")
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        if dtype == "auto":
-            dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
-        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.labels: list[str] = json.loads((model_dir / LABELS_FILE).read_text())
         self.tokenizer = load_tokenizer(model_dir)
-        # The causal LM's decoder only: the head replaces lm_head (its weights are not needed).
-        self.decoder = LlamaModel.from_pretrained(str(model_dir), dtype=self.dtype).to(self.device).eval()
+        # The decoder that was trained (llm_core's, as workers.training_model builds it): Llama,
+        # Qwen2 and Mistral alike. The head replaces lm_head, which is never called.
+        model, _ = load_model(model_dir, self.device, self.dtype)
+        self.decoder = TrainableCausalLM(model).eval()
         head = load_file(str(model_dir / CLASSIFIER_FILE))
         self.head = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0]).to(self.device)
         with torch.no_grad():
@@ -74,7 +75,7 @@ class Classifier:
             chunk = order[start : start + self.batch_size]
             batch = collate([{"input_ids": ids[i], "label": 0} for i in chunk], self.tokenizer.pad_token_id)
             mask = batch["attention_mask"].to(self.device)
-            hidden = self.decoder(input_ids=batch["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
+            hidden = self.decoder.hidden_states(batch["input_ids"].to(self.device), mask)
             last = mask.sum(dim=1) - 1
             pooled = hidden[torch.arange(hidden.size(0), device=self.device), last].float()
             probs = torch.softmax(self.head(pooled), dim=-1).cpu().tolist()
