@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from workers.training_data import collate
-from workers.training_model import CLASSIFIER_FILE, LABELS_FILE, load_tokenizer
+from workers.training_model import CLASSIFIER_FILE, LABELS_FILE, SequenceClassifier, load_tokenizer
 
 
 def is_classifier(model_dir: str | Path) -> bool:
@@ -48,17 +48,14 @@ class Classifier:
         self.dtype = resolve_dtype(dtype, self.device)
         self.labels: list[str] = json.loads((model_dir / LABELS_FILE).read_text())
         self.tokenizer = load_tokenizer(model_dir)
-        # The decoder that was trained (llm_core's, as workers.training_model builds it): Llama,
-        # Qwen2 and Mistral alike. The head replaces lm_head, which is never called.
+        # The module that was trained (workers.training_model): llm_core's decoder (Llama, Qwen2
+        # and Mistral alike) and the head on the last real token's state. lm_head is never called.
         model, _ = load_model(model_dir, self.device, self.dtype)
-        self.decoder = TrainableCausalLM(model).eval()
         head = load_file(str(model_dir / CLASSIFIER_FILE))
-        self.head = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0]).to(self.device)
-        with torch.no_grad():
-            self.head.weight.copy_(head["weight"])
-            self.head.bias.copy_(head["bias"])
-        if self.head.out_features != len(self.labels):
-            raise ValueError(f"{model_dir}: head has {self.head.out_features} outputs, labels.json {len(self.labels)}")
+        if head["weight"].shape[0] != len(self.labels):
+            raise ValueError(f"{model_dir}: head has {head['weight'].shape[0]} outputs, labels.json {len(self.labels)}")
+        self.module = SequenceClassifier(TrainableCausalLM(model), len(self.labels)).to(self.device).eval()
+        self.module.head.load_state_dict(head)
         config = json.loads((model_dir / "config.json").read_text())
         self.batch_size = batch_size
         self.engine = HeadEngine("classifier-head", self.device)
@@ -74,11 +71,8 @@ class Classifier:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             batch = collate([{"input_ids": ids[i], "label": 0} for i in chunk], self.tokenizer.pad_token_id)
-            mask = batch["attention_mask"].to(self.device)
-            hidden = self.decoder.hidden_states(batch["input_ids"].to(self.device), mask)
-            last = mask.sum(dim=1) - 1
-            pooled = hidden[torch.arange(hidden.size(0), device=self.device), last].float()
-            probs = torch.softmax(self.head(pooled), dim=-1).cpu().tolist()
+            logits = self.module(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()
             for i, p in zip(chunk, probs):
                 out[i] = p
         return out  # type: ignore[return-value]

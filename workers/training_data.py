@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import torch
 
 from cluster import storage
+from llm_core.models.training import IGNORE_INDEX
 
-IGNORE = -100  # label value that cross-entropy skips
+IGNORE = IGNORE_INDEX  # label value the loss skips: the one llm_core's training module uses
 
 
 @dataclass(frozen=True)

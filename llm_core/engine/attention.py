@@ -13,20 +13,21 @@ import torch
 import torch.nn.functional as F
 
 from llm_core.engine.kv_cache import KVCache
-from llm_core.models.attention import PaddedLayout, causal_attention
+from llm_core.models.attention import PackedCausalAttention, PaddedLayout
 
 
 class PrefillAttention:
     def __init__(self, cache: KVCache, slots: list[int], starts: list[int], lens: list[int], device):
-        self.cache, self.lens = cache, lens
+        self.cache = cache
         slot_ids = torch.tensor([s for s, n in zip(slots, lens) for _ in range(n)], device=device)
         self.positions = torch.cat(
             [torch.arange(st, st + n) for st, n in zip(starts, lens)]
         ).to(device)
         self.rows = cache.rows(slot_ids, self.positions)
-        self.fresh = not any(starts)
-        self.layout = PaddedLayout(lens, device) if len(lens) > 1 or not self.fresh else None
-        if not self.fresh:
+        # Fresh prompts (generation) attend only to themselves: the cache-free packed backend.
+        self.fresh = PackedCausalAttention(lens) if not any(starts) else None
+        if self.fresh is None:
+            self.layout = PaddedLayout(lens, device)
             # Continuations of cached prefixes (scoring): new token i of sequence b sees its
             # slot's first starts[b] + i + 1 entries; later entries may be stale, so masked.
             self.slots = torch.tensor(slots, device=device)
@@ -36,8 +37,8 @@ class PrefillAttention:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.cache.write(layer, self.rows, k, v)
-        if self.fresh:  # all sequences in one padded causal call (one sequence: no padding)
-            return causal_attention(q, k, v) if self.layout is None else self.layout.causal_attention(q, k, v)
+        if self.fresh is not None:
+            return self.fresh.attend(layer, q, k, v)
         keys = self.cache.k[layer, self.slots, :, : self.key_len]
         values = self.cache.v[layer, self.slots, :, : self.key_len]
         out = F.scaled_dot_product_attention(
