@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_core.engine import NativeEngine  # noqa: E402
-from llm_core.hf_engine import HFEngine  # noqa: E402
-from llm_core.sampling import SamplingParams  # noqa: E402
+from llm_core.engine.native import NativeEngine  # noqa: E402
+from llm_core.engine.hf import HFEngine  # noqa: E402
+from llm_core.engine.sampling import SamplingParams  # noqa: E402
 
 PROMPT = "Summarize the following Debian package description in one sentence:\n\n{text}"
 

@@ -8,7 +8,7 @@ zero-shot prompting of the same model and the model-free baseline (issue 5's qua
     # plumbing check on a CPU: a few steps on a few rows (the figures mean nothing)
     python benchmarks/finetune.py --objective sft --train-limit 64 --max-steps 2 --eval-limit 8
 
-Training runs as a real training job (Ray Train + DeepSpeed, `jobs.train_runner`) on the train
+Training runs as a real training job (Ray Train + DeepSpeed, `jobs.run.training`) on the train
 side of the fixed 10% hash split of `benchmarks.quality_baselines` (sha1 of `id`); every system
 is scored on the same eval rows, which the fine-tune never sees. The SFT prompt is the one the
 `summarize` task builds (style --style), so the tuned model runs in a plain summarize job. The
@@ -68,8 +68,8 @@ def training_manifest(args, train_path: Path, work: Path) -> dict:
 
 def fine_tune(args, train: list[dict], work: Path) -> tuple[Path, dict]:
     from cluster import ray_cluster
-    from jobs.manifest import parse_manifest
-    from jobs.train_runner import run_training
+    from jobs.manifest.schema import parse_manifest
+    from jobs.run.training import run_training
 
     train_path = work / "train.parquet"
     write_train_file(args.objective, train, args.style, train_path)
@@ -88,7 +88,7 @@ def systems(args, task: str, rows: list[dict], train: list[dict], tuned: Path) -
 
     texts = [r["text"] for r in rows]
     if task == "classify":
-        from workers.classifier_head import load_classifier
+        from workers.inference.classifier_head import load_classifier
 
         refs = [r["label"] for r in rows]
         labels = tuple(sorted({r["label"] for r in train}))

@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_core.engine.sampler import sample  # noqa: E402
-from llm_core.engine.sequence import Sequence  # noqa: E402
-from llm_core.engine.token_history import TokenHistory  # noqa: E402
-from llm_core.sampling import SamplingParams  # noqa: E402
+from llm_core.engine.native.sampler import sample  # noqa: E402
+from llm_core.engine.native.sequence import Sequence  # noqa: E402
+from llm_core.engine.native.token_history import TokenHistory  # noqa: E402
+from llm_core.engine.sampling import SamplingParams  # noqa: E402
 
 
 def run(args) -> tuple[float, float]:

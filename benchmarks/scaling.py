@@ -41,7 +41,7 @@ def write_input(path: Path, shards: int, rows_per_shard: int, words: int) -> Non
 
 
 def manifest(inp: Path, out: Path, model: Path, workers: int, args) -> object:
-    from jobs.manifest import parse_manifest
+    from jobs.manifest.schema import parse_manifest
 
     return parse_manifest({
         "name": f"scaling-{workers}",
@@ -81,7 +81,7 @@ def _engine_only(inp: str, model: str, max_new_tokens: int, batch_size: int) -> 
     import pyarrow.parquet as pq
     import torch
 
-    from jobs.runner import build_work
+    from jobs.run.inference import build_work
     from llm_core.llm import LLM
 
     torch.set_num_threads(1)  # like an actor given one CPU
@@ -105,7 +105,7 @@ def _engine_only(inp: str, model: str, max_new_tokens: int, batch_size: int) -> 
 def job_on_cluster(nodes: int, inp: Path, out: Path, model: Path, args) -> tuple[float, int]:
     import ray
 
-    from jobs.runner import run_job
+    from jobs.run.inference import run_job
     from tests.two_node_cluster import TwoNodeCluster
 
     cluster = TwoNodeCluster(env={"OMP_NUM_THREADS": "1"}).start(nodes=nodes)

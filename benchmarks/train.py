@@ -1,10 +1,10 @@
 """Training throughput: our loop (Ray Train + DeepSpeed ZeRO-2) vs plain torch, on the same model.
 
 Both train the same randomly initialised Llama, llm_core's native decoder with its chunked
-cross-entropy (built by workers.training_model, so the two sides cannot drift apart; its forward
+cross-entropy (built by workers.training.model, so the two sides cannot drift apart; its forward
 returns the loss), on the same Debian sample, with the same micro-batch and sequence length;
 tokens/s counts real (non-pad) tokens after warm-up steps. MFU uses the PaLM FLOP count
-(workers.training_metrics) against the device's dense bf16 peak; on CPU it is printed only when
+(workers.training.metrics) against the device's dense bf16 peak; on CPU it is printed only when
 --peak-tflops is given. benchmarks/train_step.py compares the model itself with transformers'.
 
     python benchmarks/train.py --device cpu --model tiny
@@ -53,7 +53,7 @@ def manifest_dict(args, work: Path) -> dict:
 def run_ours(manifest, args) -> dict:
     """tokens/s over the log windows after warm-up, as rank 0 measured them (all ranks' tokens)."""
     from cluster import ray_cluster
-    from jobs.train_runner import run_training
+    from jobs.run.training import run_training
 
     ray_cluster.connect(args.ray_address)
     events: list[dict] = []
@@ -69,9 +69,9 @@ def run_plain_torch(manifest, args, tokenizer_dir: Path) -> dict:
     """The same model and data in one process: AdamW, bf16 autocast on GPU, no DeepSpeed."""
     import torch
 
-    from workers.training_data import Encoder, train_batches
-    from workers.training_model import build_model, load_tokenizer
-    from workers.training_optim import build_optimizer
+    from workers.training.data import Encoder, train_batches
+    from workers.training.model import build_model, load_tokenizer
+    from workers.training.optim import build_optimizer
 
     device = args.device
     if device == "cpu":
@@ -126,9 +126,9 @@ def main(argv=None) -> int:
     if args.peak_tflops:
         os.environ["LLMBATCH_PEAK_FLOPS"] = str(args.peak_tflops * 1e12)
 
-    from jobs.manifest import parse_manifest
-    from jobs.train_runner import TOKENIZER_DIR
-    from workers.training_metrics import flops_per_token, mfu, peak_flops
+    from jobs.manifest.schema import parse_manifest
+    from jobs.run.training import TOKENIZER_DIR
+    from workers.training.metrics import flops_per_token, mfu, peak_flops
 
     work = Path(tempfile.mkdtemp(prefix="llmbatch-bench-train-"))
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_core.engine_select import load_engine
-from llm_core.sampling import SamplingParams
+from llm_core.engine.select import load_engine
+from llm_core.engine.sampling import SamplingParams
 from llm_core.tasks import TaskSpec, build_messages, clean_output, screen_rows
 from llm_core.tokenizer import ModelTokenizer
 

@@ -8,8 +8,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-OUTPUT_COLUMN = {"summarize": "summary", "translate": "translation", "classify": "label", "generate": "output"}
+
+class TaskKind(StrEnum):
+    """The inference tasks. A StrEnum, so manifests, Parquet metadata and JSON keep plain strings."""
+
+    SUMMARIZE = "summarize"
+    TRANSLATE = "translate"
+    CLASSIFY = "classify"
+    GENERATE = "generate"
+
+
+OUTPUT_COLUMN = {TaskKind.SUMMARIZE: "summary", TaskKind.TRANSLATE: "translation",
+                 TaskKind.CLASSIFY: "label", TaskKind.GENERATE: "output"}
 
 LANGUAGE_NAMES = {
     "en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
@@ -21,7 +33,7 @@ LANGUAGE_NAMES = {
 
 @dataclass(frozen=True)
 class TaskSpec:
-    kind: str  # summarize | translate | classify | generate
+    kind: TaskKind
     target_language: str | None = None
     source_language: str = "English"
     labels: tuple[str, ...] = ()
@@ -30,6 +42,9 @@ class TaskSpec:
     instructions: str | None = None
     style: str = "one_sentence"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", TaskKind(self.kind))  # refuses an unknown kind here
 
     @property
     def output_column(self) -> str:

@@ -13,8 +13,7 @@ from pathlib import Path
 import structlog
 
 from cluster import model_cache, storage
-from llm_core import builtin
-
+from llm_core.weights import builtin
 log = structlog.get_logger()
 
 
@@ -42,7 +41,7 @@ def resolve_model(ref: str) -> Path:
                 log.info("model.ready", model=ref, dest=str(dest))
         return dest
     if storage.is_s3(ref):
-        from cluster.model_download import download_folder
+        from cluster.model_cache.download import download_folder
 
         safe = ref[len("s3://") :].strip("/").replace("/", "__")
         return _check_folder(download_folder(ref, model_cache.models_dir() / "s3" / safe), ref)

@@ -8,11 +8,11 @@ from fastapi import FastAPI, Request
 
 from jobs.api import errors, metrics, routes_jobs, status_page
 from jobs.api.limits import DEFAULT_MAX_BODY, BodySizeLimit
-from jobs.store import Store
+from jobs.service.store.job_store import Store
 
 
 def create_app(store: Store, scheduler=None, *, max_body_bytes: int = DEFAULT_MAX_BODY) -> FastAPI:
-    """`scheduler` (a jobs.scheduler.Scheduler) is started with the app and stopped with it;
+    """`scheduler` (a jobs.service.scheduler.Scheduler) is started with the app and stopped with it;
     without one the app only records and reports (tests, or API-only replicas)."""
 
     @asynccontextmanager

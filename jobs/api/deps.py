@@ -8,8 +8,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from jobs.api.errors import ApiError
-from jobs.auth import Principal, authenticate
-from jobs.store import Store
+from jobs.service.auth import Principal, authenticate
+from jobs.service.store.job_store import Store
 
 bearer = HTTPBearer(auto_error=False, description="a token from `llmbatch tokens create`")
 

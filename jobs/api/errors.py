@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs.manifest_errors import format_loc
+from jobs.manifest.errors import format_loc
 
 log = structlog.get_logger()
 

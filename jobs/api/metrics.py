@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from jobs.store import Store
-from jobs.store_models import ALL_STATES
+from jobs.service.store.job_store import Store
+from jobs.service.store.tables import ALL_STATES
 
 router = APIRouter()
 

@@ -8,9 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from jobs import schedules
-
-
+from jobs.service import cron as schedules
 class ScheduleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cron: str = Field(..., min_length=1, max_length=120, description="five-field cron, UTC")

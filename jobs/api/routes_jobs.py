@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import structlog
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from jobs import schedules
+from jobs.service import cron as schedules
 from jobs.api.deps import get_store, principal
 from jobs.api.errors import ApiError
 from jobs.api.models import (
@@ -19,11 +19,11 @@ from jobs.api.models import (
     SubmitRequest,
     SubmitResponse,
 )
-from jobs.auth import Principal
-from jobs.manifest_errors import ManifestError
-from jobs.queue import AccessDenied, check_manifest, enqueue, expand_manifest
-from jobs.store import IdempotencyConflict, Store, utcnow
-from jobs.store_models import ALL_STATES, TERMINAL_STATES
+from jobs.service.auth import Principal
+from jobs.manifest.errors import ManifestError
+from jobs.service.queue import AccessDenied, check_manifest, enqueue, expand_manifest
+from jobs.service.store.job_store import IdempotencyConflict, Store, utcnow
+from jobs.service.store.tables import ALL_STATES, TERMINAL_STATES
 
 log = structlog.get_logger()
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422)}

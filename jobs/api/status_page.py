@@ -10,8 +10,8 @@ from html import escape
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from jobs.store import shards_finished
-from jobs.store_models import ALL_STATES
+from jobs.service.store.job_store import shards_finished
+from jobs.service.store.tables import ALL_STATES
 
 router = APIRouter()
 

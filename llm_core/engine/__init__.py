@@ -1,8 +1,1 @@
-"""The native generation engine: KV cache, continuous batching, sampling (Engine protocol).
-
-Choosing between it and the transformers fallback is llm_core.engine_select's job.
-"""
-
-from llm_core.engine.llm_engine import NativeEngine
-
-__all__ = ["NativeEngine"]
+"""llm_core.engine."""

@@ -1,0 +1,44 @@
+"""`llmbatch`: the command line. Each command group lives in its own module with `register()`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that add subcommands: each has register(subparsers) and sets args.func.
+COMMAND_MODULES = [
+    "jobs.cli.local",  # run, validate, models
+    "jobs.cli.service",  # serve, tokens, submit, status, list, logs, cancel, wait
+    "jobs.cli.evaluate",  # eval, report
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmbatch",
+        description="Batch inference and training for language models on Ray.",
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cluster import logs
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(level=args.log_level)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

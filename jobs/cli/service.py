@@ -1,0 +1,230 @@
+"""`llmbatch serve | tokens | submit | status | list | logs | cancel | wait`: the service and its CLI.
+
+The remote commands talk to the service over HTTP (`--server`, or $LLMBATCH_SERVER) with the
+token in $LLMBATCH_TOKEN. `submit` and `tokens create` print what they made as their last word.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+
+import yaml
+
+from jobs.cli.client import TERMINAL, Client, ClientError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the job service (HTTP API + scheduler)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--db", default=None, help="store URL (default $LLMBATCH_DB, else an SQLite file)")
+    p.add_argument("--ray-address", default=None, help="the cluster (default $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--queue-limit", action="append", default=[], metavar="QUEUE=N",
+                   help="most running jobs in a queue (repeatable)")
+    p.add_argument("--default-queue-limit", type=int, default=4)
+    p.add_argument("--lease-s", type=float, default=30.0, help="adopt a dead scheduler's jobs after this")
+    p.add_argument("--tick-s", type=float, default=1.0)
+    p.add_argument("--no-scheduler", action="store_true", help="API only: record jobs, start none")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--runner", default=None, help=argparse.SUPPRESS)  # module:function, for tests
+    p.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("tokens", help="manage API tokens (writes the store directly)")
+    tsub = t.add_subparsers(dest="tokens_command", required=True)
+    tc = tsub.add_parser("create", help="create a token; prints it (once) as the last word")
+    tc.add_argument("name")
+    tc.add_argument("--input-prefix", action="append", default=[], help="allowed input URI prefix ('*': any)")
+    tc.add_argument("--output-prefix", action="append", default=[], help="allowed output URI prefix ('*': any)")
+    tc.add_argument("--admin", action="store_true", help="may cancel anyone's jobs")
+    tc.add_argument("--db", default=None)
+    tc.set_defaults(func=cmd_tokens_create)
+
+    def remote(name: str, help: str, func, *, job_id: bool = True):
+        r = sub.add_parser(name, help=help)
+        r.add_argument("--server", default=None, help="service URL (default $LLMBATCH_SERVER or http://127.0.0.1:8080)")
+        if job_id:
+            r.add_argument("job_id", metavar="ID")
+        r.set_defaults(func=func)
+        return r
+
+    s = remote("submit", "submit a manifest to the service; prints the job id last", cmd_submit, job_id=False)
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--queue", default=None)
+    s.add_argument("--priority", type=int, default=None)
+    s.add_argument("--idempotency-key", default=None)
+    s.add_argument("--max-attempts", type=int, default=None)
+    s.add_argument("--retry-backoff", type=float, default=None, dest="retry_backoff_s")
+    s.add_argument("--timeout", type=float, default=None, dest="timeout_s")
+    s.add_argument("--schedule", default=None, metavar="CRON", help="run every period instead of once")
+    s.add_argument("--on-missed", choices=["run_once", "skip"], default="run_once")
+    remote("status", "show one job", cmd_status)
+    ls = remote("list", "list jobs", cmd_list, job_id=False)
+    ls.add_argument("--state", default=None)
+    ls.add_argument("--limit", type=int, default=50)
+    lg = remote("logs", "show a job's event log", cmd_logs)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    remote("cancel", "cancel a queued or running job", cmd_cancel)
+    remote("wait", "wait for a job with a progress bar; exit 0 only if it succeeded", cmd_wait)
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from jobs.api.app import create_app
+    from jobs.service.queue import Admission, parse_limits
+    from jobs.service.scheduler import Scheduler, SchedulerConfig
+    from jobs.service.store.job_store import Store
+
+    store = Store(args.db)  # migrates to the newest schema
+    scheduler = None
+    if not args.no_scheduler:
+        cfg = SchedulerConfig(ray_address=args.ray_address, lease_s=args.lease_s, tick_s=args.tick_s,
+                              admission=Admission(parse_limits(args.queue_limit), args.default_queue_limit))
+        if args.runner:
+            cfg.runner = args.runner
+        scheduler = Scheduler(store, cfg)
+    app = create_app(store, scheduler, max_body_bytes=args.max_body_bytes)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_tokens_create(args) -> int:
+    from jobs.service.auth import create_token
+    from jobs.service.store.job_store import Store
+
+    if not args.input_prefix or not args.output_prefix:
+        print("give at least one --input-prefix and one --output-prefix ('*' allows any)", file=sys.stderr)
+        return 2
+    store = Store(args.db)
+    secret = create_token(store, args.name, input_prefixes=args.input_prefix,
+                          output_prefixes=args.output_prefix, admin=args.admin)
+    print(f"token for {args.name} (shown once): {secret}")
+    return 0
+
+
+def _client(args) -> Client:
+    return Client(args.server)
+
+
+def _absolute_local(manifest: dict) -> dict:
+    """Relative local paths mean the caller's directory, not the service's."""
+    def fix(uri):
+        if isinstance(uri, str) and "://" not in uri and not uri.startswith("/"):
+            return os.path.abspath(uri)
+        return uri
+
+    out = dict(manifest)
+    if isinstance(out.get("input"), dict):
+        uri = out["input"].get("uri")
+        out["input"] = {**out["input"], "uri": [fix(u) for u in uri] if isinstance(uri, list) else fix(uri)}
+    if isinstance(out.get("output"), dict):
+        out["output"] = {**out["output"], "uri": fix(out["output"].get("uri"))}
+    return out
+
+
+def _run(fn) -> int:
+    try:
+        return fn()
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_submit(args) -> int:
+    with open(args.file) as f:
+        manifest = yaml.safe_load(f)
+    if not isinstance(manifest, dict):
+        print(f"error: {args.file} is not a mapping of manifest fields", file=sys.stderr)
+        return 2
+    opts = {k: getattr(args, k) for k in ("queue", "priority", "idempotency_key", "max_attempts",
+                                          "retry_backoff_s", "timeout_s")}
+    if args.schedule:
+        opts["schedule"] = {"cron": args.schedule, "on_missed": args.on_missed}
+
+    def go() -> int:
+        out = _client(args).submit(_absolute_local(manifest), **opts)
+        if out.get("schedule"):
+            sch = out["schedule"]
+            print(f"schedule {sch['cron']} next run {sch['next_run_at']}: {sch['id']}")
+        else:
+            job = out["job"]
+            print(f"{'submitted' if out['created'] else 'already submitted'} {job['name']}: {job['id']}")
+        return 0
+
+    return _run(go)
+
+
+def _fmt_time(value) -> str:
+    return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def cmd_status(args) -> int:
+    def go() -> int:
+        job = _client(args).get(args.job_id)
+        for key in ("id", "name", "owner", "state", "queue", "priority", "attempts", "max_attempts", "error",
+                    "output_uri"):
+            if job.get(key) is not None:
+                print(f"{key:13} {job[key]}")
+        for key in ("created_at", "started_at", "finished_at"):
+            print(f"{key:13} {_fmt_time(job.get(key))}")
+        if job.get("progress"):
+            print(f"{'progress':13} {json.dumps(job['progress'])}")
+        return 0
+
+    return _run(go)
+
+
+def cmd_list(args) -> int:
+    from jobs.service.store.job_store import shards_finished
+
+    def go() -> int:
+        jobs = _client(args).list(state=args.state, limit=args.limit)
+        print(f"{'ID':22} {'STATE':10} {'QUEUE':10} {'PRI':>4} {'SHARDS':>9}  {'CREATED':19}  NAME")
+        for j in jobs:
+            p = j.get("progress") or {}
+            shards = f"{shards_finished(p)}/{p.get('shards_total', 0)}" if p else "-"
+            print(f"{j['id']:22} {j['state']:10} {j['queue']:10} {j['priority']:>4} {shards:>9}  "
+                  f"{_fmt_time(j['created_at']):19}  {j['name']}")
+        return 0
+
+    return _run(go)
+
+
+def cmd_logs(args) -> int:
+    def go() -> int:
+        c = _client(args)
+        events = c.follow(args.job_id) if args.follow else c.events(args.job_id)["events"]
+        for ev in events:
+            state = f" [{ev['state']}]" if ev.get("state") else ""
+            print(f"{_fmt_time(ev['at'])} {ev['kind']}{state} {ev.get('message') or ''}", flush=True)
+        return 0
+
+    return _run(go)
+
+
+def cmd_cancel(args) -> int:
+    def go() -> int:
+        job = _client(args).cancel(args.job_id)
+        print(f"{job['id']} {job['state']}")
+        return 0
+
+    return _run(go)
+
+
+def cmd_wait(args) -> int:
+    from jobs.cli.progress import remote_progress
+
+    def go() -> int:
+        with remote_progress() as show:
+            job = _client(args).wait(args.job_id, on_update=show)
+        print(f"{job['id']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
+        return 0 if job["state"] == "succeeded" else 1
+
+    return _run(go)
+
+
+__all__ = ["register", "TERMINAL"]

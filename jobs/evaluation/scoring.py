@@ -1,0 +1,186 @@
+"""Score a finished output location against references: `_metrics.json`.
+
+References come from one of two places:
+- the job's input itself (the default): each part is lined up row for row with the input rows
+  of its shard (file and row range, from `_manifest.json`), so ids need not be unique (a
+  translation input holds one row per paragraph *and* target language);
+- other Parquet files (`references_uri`): joined by id (pyarrow), ids unique there. Output
+  rows whose id has no reference count as `missing_reference`; references with no output
+  row (a skipped shard, another split) are counted in `evaluation` and ignored.
+Then `llm_core.metrics` scores them. Used after a job whose manifest has `evaluate:`, and by
+`llmbatch eval` for any output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import structlog
+
+from cluster import storage
+from llm_core.metrics import DEFAULT_METRICS, compute_metrics
+from llm_core.tasks import OUTPUT_COLUMN
+from workers.output import commit
+log = structlog.get_logger()
+
+METRICS_FILE = "_metrics.json"
+# The figures a summary line shows, in this order, with their number format.
+MAIN_FIGURES = {"rouge1": ".4f", "rouge2": ".4f", "rougeL": ".4f", "bleu": ".2f", "chrf": ".2f",
+                "accuracy": ".4f", "macro_f1": ".4f"}
+
+
+def read_json(uri: str) -> dict | None:
+    """A JSON object from storage, or None when there is none."""
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+
+
+def read_output(output_uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The committed parts of an output location as one table (only `columns`, if given)."""
+    names = [n for n in storage.list_names(output_uri) if commit.PART_RE.match(n)]
+    if not names:
+        raise FileNotFoundError(f"no output parts (part-*.parquet) at {output_uri}")
+    tables = []
+    for name in names:
+        fs, path = storage.filesystem(storage.join(output_uri, name))
+        tables.append(pq.read_table(path, filesystem=fs, columns=columns))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_columns(uri: str | list[str], columns: list[str], what: str = "references") -> pa.Table:
+    """These columns of every Parquet file named by `uri` (a file, folder/prefix, glob or list)."""
+    tables = []
+    for ref in storage.list_files(uri):
+        fs, path = storage.filesystem(ref.uri)
+        names = pq.read_schema(path, filesystem=fs).names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise ValueError(f"{what} {ref.uri}: column(s) {missing} missing (columns: {', '.join(names)})")
+        tables.append(pq.read_table(path, filesystem=fs, columns=columns).select(columns))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_output_with_input(output_uri: str, output_columns: list[str] | None, input_columns: list[str],
+                           manifest_file: dict | None = None) -> pa.Table:
+    """The output parts with input columns beside them, row for row by shard (`_manifest.json`).
+
+    Input columns come back named `input.<name>`; `output_columns` None reads them all. The ids of each part must equal its input rows'
+    ids: if not, the input changed since the job ran, and this raises ValueError.
+    """
+    manifest_file = manifest_file or read_json(storage.join(output_uri, commit.MANIFEST_FILE))
+    if not manifest_file or "shards" not in manifest_file:
+        raise FileNotFoundError(f"{output_uri}: no {commit.MANIFEST_FILE} with a shard plan")
+    id_column = manifest_file["manifest"]["input"].get("id_column", "id")
+    wanted = list(dict.fromkeys([id_column, *input_columns]))
+    committed = commit.committed_shards(output_uri)
+    files: dict[str, pa.Table] = {}
+    tables = []
+    for shard in manifest_file["shards"]:
+        if shard["shard_id"] not in committed:
+            continue
+        if shard["file"] not in files:
+            files[shard["file"]] = read_columns(shard["file"], wanted, what="input")
+        start, end = shard["rows"]
+        source = files[shard["file"]].slice(start, end - start)
+        fs, path = storage.filesystem(commit.part_uri(output_uri, shard["shard_id"]))
+        columns = None if output_columns is None else list(dict.fromkeys([id_column, *output_columns]))
+        part = pq.read_table(path, filesystem=fs, columns=columns)
+        if part.num_rows != source.num_rows or not part.column(id_column).equals(source.column(id_column)):
+            raise ValueError(f"input {shard['file']} rows {start}-{end} no longer match part "
+                             f"{shard['shard_id']}: the input changed since the job ran")
+        for name in input_columns:
+            part = part.append_column(f"input.{name}", source.column(name))
+        tables.append(part)
+    if not tables:
+        raise FileNotFoundError(f"no output parts (part-*.parquet) at {output_uri}")
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def check_references(references_uri: str | list[str], id_column: str, reference_column: str) -> None:
+    """Fail early (before any inference) when the references cannot be read as needed."""
+    for ref in storage.list_files(references_uri):
+        fs, path = storage.filesystem(ref.uri)
+        names = pq.read_schema(path, filesystem=fs).names
+        missing = [c for c in (id_column, reference_column) if c not in names]
+        if missing:
+            raise ValueError(f"references {ref.uri}: column(s) {missing} missing (columns: {', '.join(names)})")
+
+
+def _as_string(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
+
+
+def evaluate_output(output_uri: str, *, task: str, reference_column: str,
+                    references_uri: str | list[str] | None = None, id_column: str = "id",
+                    metrics: list[str] | None = None, use_stemmer: bool = False, write: bool = True) -> dict:
+    """Score an output against its references, write `_metrics.json`; return the metrics.
+
+    `references_uri` None: the references are a column of the job's own input (by shard, see
+    above); else Parquet files joined by `id_column`. The result is `compute_metrics`'s dict
+    (counts and one key per metric) plus `evaluation`: where the references came from.
+    """
+    output_uri = storage.normalize(output_uri)
+    output_column = OUTPUT_COLUMN[task]
+    if metrics is None and not DEFAULT_METRICS.get(task):
+        raise ValueError(f"task {task} has no default metrics: name them")
+    if references_uri is None:
+        table = read_output_with_input(output_uri, [output_column], [reference_column])
+        predictions = _as_string(table.column(output_column)).to_pylist()
+        references = _as_string(table.column(f"input.{reference_column}")).to_pylist()
+        unmatched, source = 0, "input"
+    else:
+        predictions, references, unmatched = _join_references(output_uri, output_column, references_uri,
+                                                              reference_column, id_column)
+        source = references_uri
+    result = compute_metrics(task, predictions, references, metrics, use_stemmer=use_stemmer)
+    result["evaluation"] = {
+        "references": source, "reference_column": reference_column, "id_column": id_column,
+        "output_column": output_column, "references_without_output": unmatched,
+        "use_stemmer": use_stemmer, "evaluated_at": time.time(),
+    }
+    if write:
+        commit.write_json(storage.join(output_uri, METRICS_FILE), result)
+    return result
+
+
+def _join_references(output_uri: str, output_column: str, references_uri: str | list[str],
+                     reference_column: str, id_column: str) -> tuple[list, list, int]:
+    outputs = read_output(output_uri, [id_column, output_column])
+    refs = read_columns(references_uri, [id_column, reference_column])
+    ref_ids = refs.column(id_column)
+    if pc.count_distinct(ref_ids).as_py() != len(ref_ids) - ref_ids.null_count:
+        raise ValueError(f"references {references_uri}: column {id_column!r} holds duplicate ids")
+    # Prefixed names: the reference column may share its name with the output column ("label").
+    refs = refs.rename_columns(["__id", "__reference"])
+    outputs = outputs.rename_columns(["__id", "__prediction"])
+    if refs.schema.field("__id").type != outputs.schema.field("__id").type:  # e.g. int ids in one, str in other
+        refs = refs.set_column(0, "__id", _as_string(refs.column("__id")))
+        outputs = outputs.set_column(0, "__id", _as_string(outputs.column("__id")))
+    joined = outputs.join(refs, keys="__id", join_type="left outer")
+    matched = pc.sum(pc.is_in(refs.column("__id"), value_set=outputs.column("__id").combine_chunks())).as_py() or 0
+    return (_as_string(joined.column("__prediction")).to_pylist(),
+            _as_string(joined.column("__reference")).to_pylist(), refs.num_rows - matched)
+
+
+def evaluate_job(manifest, output_uri: str) -> dict:
+    """Evaluate a job's output as its manifest's `evaluate:` block says."""
+    spec = manifest.evaluate
+    return evaluate_output(
+        output_uri, task=manifest.task.kind, references_uri=spec.references_uri,
+        reference_column=spec.reference_column, id_column=manifest.input.id_column,
+        metrics=spec.metrics, use_stemmer=spec.use_stemmer,
+    )
+
+
+def headline(metrics: dict) -> dict:
+    """The headline metrics present, as numbers (for logs)."""
+    return {name: metrics[name] for name in MAIN_FIGURES if isinstance(metrics.get(name), (int, float))}
+
+
+def main_figures(metrics: dict) -> list[tuple[str, str]]:
+    """(name, formatted value) of the headline metrics present, for summaries and logs."""
+    return [(name, format(metrics[name], fmt)) for name, fmt in MAIN_FIGURES.items()
+            if isinstance(metrics.get(name), (int, float))]

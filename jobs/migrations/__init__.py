@@ -1,1 +1,0 @@
-"""Alembic migrations for the job store; `jobs.store.migrate(url)` runs them programmatically."""

@@ -1,0 +1,30 @@
+"""The contract every generation engine meets (native engine, transformers fallback).
+
+Engines take token ids, never text: prompts are built and tokenized by llm_core.tasks, so
+every engine sees exactly the same inputs and can be compared token for token.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from llm_core.engine.sampling import Completion, SamplingParams
+
+
+class Engine(Protocol):
+    name: str  # "native" or "hf"
+    device: str  # "cpu" or "cuda"
+    max_context: int  # prompt + generated tokens the model accepts
+    eos_token_ids: tuple[int, ...]
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[list[Completion]]:
+        """Continue each prompt; returns, per prompt in input order, params.n completions."""
+        ...
+
+    def score(
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        """Sum of log-probabilities of each continuation after each prompt ([prompt][continuation])."""
+        ...

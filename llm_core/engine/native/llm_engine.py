@@ -1,0 +1,170 @@
+"""NativeEngine: the Engine protocol (llm_core.engine.api) over our own Llama-family model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence as Seq
+
+import torch
+from tokenizers import Tokenizer
+
+from llm_core.engine.native.model_runner import ModelRunner
+from llm_core.engine.native.sampler import sample
+from llm_core.engine.native.batcher import Scheduler
+from llm_core.engine.native.sequence import Sequence
+from llm_core.engine.native.token_history import TokenHistory
+from llm_core.engine.native.stopping import check_stop, completion_ids, completion_text
+from llm_core.models import load_model
+from llm_core.engine.sampling import Completion, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+def eos_token_ids(model_dir: Path, from_config: tuple[int, ...], tokenizer: Tokenizer) -> tuple[int, ...]:
+    """config.json's EOS plus generation_config.json's and the tokenizer's eos_token (chat
+    models often end turns with a token that only one of them names)."""
+    ids = set(from_config)
+    gen_file = model_dir / "generation_config.json"
+    if gen_file.exists():
+        eos = json.loads(gen_file.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    tok_file = model_dir / "tokenizer_config.json"
+    if tok_file.exists():
+        name = json.loads(tok_file.read_text()).get("eos_token")
+        if isinstance(name, str) and tokenizer.token_to_id(name) is not None:
+            ids.add(tokenizer.token_to_id(name))
+    return tuple(sorted(ids))
+
+
+class NativeEngine:
+    name = "native"
+
+    def __init__(
+        self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
+        max_batch_tokens: int | None = None, max_num_seqs: int = 64, tokenizer: Tokenizer | None = None,
+    ):
+        model_dir = Path(model_dir)
+        self.model, self.config = load_model(model_dir, device, dtype)
+        self.device = "cuda" if self.model.embed_tokens.weight.is_cuda else "cpu"
+        self.dtype = self.model.embed_tokens.weight.dtype
+        self.tokenizer = tokenizer or Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.eos_token_ids = eos_token_ids(model_dir, self.config.eos_token_ids, self.tokenizer)
+        self.max_context = self.config.max_position_embeddings
+        if self.config.sliding_window:  # within the window, sliding attention is full attention
+            self.max_context = min(self.max_context, self.config.sliding_window)
+        on_gpu = self.device == "cuda"
+        self.max_batch_tokens = max_batch_tokens or (16384 if on_gpu else 2048)
+        self.max_num_seqs = max_num_seqs
+        self.runner = ModelRunner(
+            self.model, self.config, self.device, self.dtype, max_num_seqs, use_cuda_graphs=on_gpu
+        )
+        log.info("engine: native (%s, %s, %s)", model_dir.name, self.device, self.dtype)
+
+    def _check_prompts(self, prompts: Seq[Seq[int]]) -> None:
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"prompt {i} is empty")
+            if len(p) >= self.max_context:
+                raise ValueError(f"prompt {i} has {len(p)} tokens; the model takes {self.max_context}")
+
+    @torch.inference_mode()
+    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams) -> list[list[Completion]]:
+        self._check_prompts(prompts)
+        if params.max_new_tokens <= 0:
+            return [[Completion([], "", "length", len(p)) for _ in range(params.n)] for p in prompts]
+        if not prompts:
+            return []
+        longest = max(len(p) for p in prompts) + params.max_new_tokens
+        cache = self.runner.ensure_cache(min(longest, self.max_context))
+        scheduler = Scheduler(self.max_num_seqs, self.max_batch_tokens)
+        seqs = [
+            Sequence(p, params, i, j, self.device) for i, p in enumerate(prompts) for j in range(params.n)
+        ]
+        for seq in seqs:
+            scheduler.add(seq)
+        history = None
+        if params.repetition_penalty != 1.0:
+            history = TokenHistory(self.max_num_seqs, cache.max_len, self.device)
+        followers = (history,) if history is not None else ()
+        while not scheduler.done:
+            kind, batch = scheduler.schedule()
+            if kind == "prefill":
+                logits = torch.stack(self.runner.extend([(s.slot, 0, s.prompt) for s in batch]))
+                for seq in batch if history is not None else ():
+                    history.start(seq.slot, seq.prompt)
+            else:
+                logits = self.runner.decode([s.last_token for s in batch], [len(s) - 1 for s in batch])
+            for seq, token in zip(batch, self._next_tokens(logits, batch, history)):
+                seq.output.append(token)
+                check_stop(seq, self.eos_token_ids, self.tokenizer, min(cache.max_len, self.max_context))
+            scheduler.release_finished(cache, followers)
+        results: list[list[Completion]] = [[] for _ in prompts]
+        for seq in seqs:
+            results[seq.prompt_index].append(
+                Completion(
+                    token_ids=completion_ids(seq),
+                    text=completion_text(seq, self.tokenizer),
+                    finish_reason=seq.finish_reason,
+                    prompt_tokens=len(seq.prompt),
+                )
+            )
+        return results
+
+    def _next_tokens(self, logits: torch.Tensor, batch: list[Sequence], history: TokenHistory | None) -> list[int]:
+        if history is None:
+            return sample(logits, batch)
+        slots = torch.tensor([s.slot for s in batch], device=self.device)
+        lengths = [len(s) for s in batch]  # the new token's position in each row
+        tokens = sample(logits, batch, history.rows(slots, max(lengths)))
+        history.add(slots, torch.tensor(lengths, device=self.device), torch.tensor(tokens, device=self.device))
+        return tokens
+
+    @torch.inference_mode()
+    def score(
+        self, prompts: Seq[Seq[int]], continuations: Seq[Seq[int]]
+    ) -> list[list[float]]:
+        """Each prompt is prefilled once; every continuation then extends it in the cache
+        (overwriting the previous continuation's positions), so prompts are never recomputed."""
+        self._check_prompts(prompts)
+        if not prompts:
+            return []
+        longest = max(len(p) for p in prompts) + max((len(c) for c in continuations), default=0)
+        if longest > self.max_context:
+            raise ValueError(f"prompt + continuation reach {longest} tokens; the model takes {self.max_context}")
+        self.runner.ensure_cache(longest)
+        scores: list[list[float]] = []
+        for group in self._score_groups(prompts):
+            scores.extend(self._score_group(group, continuations))
+        return scores
+
+    def _score_groups(self, prompts: Seq[Seq[int]]):
+        group, tokens = [], 0
+        for p in prompts:
+            if group and (len(group) == self.max_num_seqs or tokens + len(p) > self.max_batch_tokens):
+                yield group
+                group, tokens = [], 0
+            group.append(list(p))
+            tokens += len(p)
+        if group:
+            yield group
+
+    def _score_group(self, group: list[list[int]], continuations) -> list[list[float]]:
+        first = torch.stack(self.runner.extend([(slot, 0, p) for slot, p in enumerate(group)]))
+        first = first.log_softmax(dim=-1)
+        scores = [[0.0] * len(continuations) for _ in group]
+        for j, cont in enumerate(continuations):
+            if not cont:
+                continue
+            rest = None
+            if len(cont) > 1:
+                chunks = [(slot, len(p), list(cont[:-1])) for slot, p in enumerate(group)]
+                rest = self.runner.extend(chunks, all_logits=True)
+            targets = torch.tensor(cont[1:], device=first.device)
+            for slot in range(len(group)):
+                total = first[slot, cont[0]]
+                if rest is not None:
+                    total = total + rest[slot].log_softmax(dim=-1).gather(1, targets[:, None]).sum()
+                scores[slot][j] = float(total)
+        return scores

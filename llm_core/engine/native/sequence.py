@@ -1,0 +1,48 @@
+"""One completion being generated: its tokens, settings, cache slot and finish state."""
+
+from __future__ import annotations
+
+import torch
+
+from llm_core.engine.sampling import SamplingParams
+
+
+class Sequence:
+    def __init__(
+        self, prompt: list[int], params: SamplingParams, prompt_index: int, sample_index: int,
+        device: str,
+    ):
+        self.prompt = list(prompt)
+        self.params = params
+        self.prompt_index = prompt_index
+        self.sample_index = sample_index  # which of the prompt's n completions
+        self.output: list[int] = []
+        self.slot = -1  # row of the KV cache; -1 while waiting
+        self.finish_reason: str | None = None
+        self.stopped_by_token = False  # EOS or a stop token ended it (that token is not returned)
+        self.text: str | None = None  # set when a stop string cut the output
+        self.stop_scan_from = 0  # length of output text already searched for stop strings
+        self.ngram_index: dict | None = None  # built lazily by the sampler
+        self.generator = None
+        if not params.greedy:
+            # A private generator per completion makes seeded output independent of batching.
+            self.generator = torch.Generator(device=device)
+            if params.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(params.seed + sample_index)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.output
+
+    def __len__(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def last_token(self) -> int:
+        return self.output[-1] if self.output else self.prompt[-1]
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,45 @@
+"""Pick the generation engine for a model folder: native where supported, else transformers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import structlog
+
+from llm_core.engine.hf import HFEngine
+from llm_core.tokenizer import ModelTokenizer
+
+log = structlog.get_logger()
+
+
+def native_support(model_dir: Path) -> tuple[bool, str]:
+    config = json.loads((model_dir / "config.json").read_text())
+    try:
+        from llm_core.models import is_supported
+    except ImportError as exc:  # the native engine is optional at import time
+        return False, f"native engine unavailable: {exc}"
+    if not is_supported(config):
+        return False, f"architecture {config.get('model_type')!r} is not supported by the native engine"
+    return True, ""
+
+
+def load_engine(model_dir: str | Path, choice: str = "auto", device: str = "auto", dtype: str = "auto",
+                batch_size: int = 16, max_batch_tokens: int | None = None,
+                tokenizer: ModelTokenizer | None = None):
+    model_dir = Path(model_dir)
+    tokenizer = tokenizer or ModelTokenizer(model_dir)
+    if choice in ("auto", "native"):
+        ok, why = native_support(model_dir)
+        if ok:
+            from llm_core.engine.native import NativeEngine
+
+            return NativeEngine(model_dir, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens,
+                                max_num_seqs=max(batch_size, 1), tokenizer=tokenizer.tok)
+        if choice == "native":
+            raise ValueError(f"engine: native requested but {why}")
+        log.warning("engine.fallback_to_hf", model_dir=str(model_dir), reason=why)
+    elif choice != "hf":
+        raise ValueError(f"unknown engine {choice!r} (auto, native or hf)")
+    return HFEngine(model_dir, device=device, dtype=dtype, batch_size=batch_size,
+                    max_batch_tokens=max_batch_tokens, tokenizer=tokenizer)

@@ -1,0 +1,1 @@
+"""llmbatch test suite: unit/, integration/, shared support/ (see conftest.py)."""

@@ -1,0 +1,287 @@
+"""NativeEngine on tiny random HF folders: greedy output token-exact with transformers'
+generate, continuous batching, stopping, seeded sampling, n > 1 and scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm_core.engine.native import NativeEngine
+from llm_core.engine.native import cuda_graphs
+from llm_core.engine.native.cuda_graphs import DecodeGraphs
+from llm_core.engine.sampling import SamplingParams
+
+VOCAB = 256
+TINY = dict(
+    vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
+)
+
+
+def make_folder(path: Path, model_type: str = "llama", **extra):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, **TINY, **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # larger weights than the default init: sharper, less tied logits
+        for p in model.parameters():
+            p.mul_(3.0)
+    model.save_pretrained(path)
+    # One word per id; decoding joins words with spaces: "t5 t17 ...".
+    Tokenizer(WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0")).save(str(path / "tokenizer.json"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama")
+    hf = make_folder(path, "llama", eos_token_id=None)
+    return path, hf
+
+
+@pytest.fixture(scope="module")
+def engine(llama):
+    return NativeEngine(llama[0], device="cpu", dtype="float32")
+
+
+def prompts(count: int = 6, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 40, (count,), generator=gen).tolist()
+    return [torch.randint(1, VOCAB, (n,), generator=gen).tolist() for n in lengths]
+
+
+def hf_greedy(hf, prompt: list[int], params: SamplingParams) -> list[int]:
+    kwargs = dict(
+        max_new_tokens=params.max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+        repetition_penalty=params.repetition_penalty, no_repeat_ngram_size=params.no_repeat_ngram_size or None,
+    )
+    with torch.inference_mode():
+        out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long), **kwargs)
+    return out[0, len(prompt):].tolist()
+
+
+def ids(results) -> list[list[int]]:
+    return [[c.token_ids for c in per_prompt] for per_prompt in results]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(), dict(repetition_penalty=1.1), dict(no_repeat_ngram_size=2),
+])
+def test_greedy_matches_transformers_generate(llama, engine, settings):
+    _, hf = llama
+    params = SamplingParams(max_new_tokens=24, **settings)
+    batch = prompts(6)
+    got = engine.generate(batch, params)
+    for prompt, completions in zip(batch, got):
+        assert completions[0].token_ids == hf_greedy(hf, prompt, params)
+        assert completions[0].finish_reason == "length"
+        assert completions[0].prompt_tokens == len(prompt)
+
+
+def test_qwen2_greedy_matches_transformers(tmp_path):
+    hf = make_folder(tmp_path, "qwen2", tie_word_embeddings=True, eos_token_id=None)
+    engine = NativeEngine(tmp_path, device="cpu", dtype="float32")
+    params = SamplingParams(max_new_tokens=16)
+    batch = prompts(3, seed=5)
+    for prompt, completions in zip(batch, engine.generate(batch, params)):
+        assert completions[0].token_ids == hf_greedy(hf, prompt, params)
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(repetition_penalty=1.3, no_repeat_ngram_size=3)])
+def test_continuous_batching_equals_one_at_a_time(llama, settings):
+    # Two slots for seven prompts, and an EOS that ends some early: sequences join as others
+    # leave, and their cache slots (and seen-token rows, with a penalty) get compacted.
+    batch = prompts(7, seed=3)
+    params = SamplingParams(max_new_tokens=20, **settings)
+    alone_engine = NativeEngine(llama[0], device="cpu", dtype="float32")
+    free_run = [alone_engine.generate([p], params)[0][0].token_ids for p in batch]
+    counts = torch.bincount(torch.tensor([t for run in free_run for t in run]), minlength=VOCAB)
+    eos = int(counts.argmax())
+    alone_engine.eos_token_ids = (eos,)
+    alone = [alone_engine.generate([p], params)[0] for p in batch]
+    assert any(c[0].finish_reason == "stop" for c in alone)
+    assert any(c[0].finish_reason == "length" for c in alone)
+    batched_engine = NativeEngine(llama[0], device="cpu", dtype="float32", max_num_seqs=2, max_batch_tokens=48)
+    batched_engine.eos_token_ids = (eos,)
+    assert ids(batched_engine.generate(batch, params)) == ids(alone)
+
+
+def test_finish_reasons_stop_token_and_length(engine):
+    prompt = prompts(1, seed=7)[0]
+    full = engine.generate([prompt], SamplingParams(max_new_tokens=12))[0][0]
+    assert full.finish_reason == "length" and len(full.token_ids) == 12
+    stop_at = full.token_ids[5]
+    first = full.token_ids.index(stop_at)
+    stopped = engine.generate([prompt], SamplingParams(max_new_tokens=12, stop_token_ids=(stop_at,)))[0][0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.token_ids == full.token_ids[:first]  # the stop token itself is not returned
+    assert stopped.text == " ".join(f"t{t}" for t in full.token_ids[:first])
+
+
+def test_eos_stops_unless_ignored(llama):
+    engine = NativeEngine(llama[0], device="cpu", dtype="float32")
+    prompt = prompts(1, seed=8)[0]
+    full = engine.generate([prompt], SamplingParams(max_new_tokens=10))[0][0]
+    engine.eos_token_ids = (full.token_ids[3],)
+    cut = engine.generate([prompt], SamplingParams(max_new_tokens=10))[0][0]
+    assert cut.finish_reason == "stop" and len(cut.token_ids) <= 3
+    ignored = engine.generate([prompt], SamplingParams(max_new_tokens=10, ignore_eos=True))[0][0]
+    assert ignored.token_ids == full.token_ids and ignored.finish_reason == "length"
+
+
+def test_stop_string_cuts_text(engine):
+    prompt = prompts(1, seed=9)[0]
+    full = engine.generate([prompt], SamplingParams(max_new_tokens=12))[0][0]
+    stop = f" t{full.token_ids[6]} "
+    cut_at = full.text.index(stop)
+    got = engine.generate([prompt], SamplingParams(max_new_tokens=12, stop=(stop,)))[0][0]
+    assert got.finish_reason == "stop"
+    assert got.text == full.text[:cut_at]
+    assert got.token_ids == full.token_ids[: len(got.token_ids)] and len(got.token_ids) < 12
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(engine):
+    batch = prompts(4, seed=11)
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, top_k=50, top_p=0.9, seed=123)
+    first = ids(engine.generate(batch, params))
+    assert ids(engine.generate(batch, params)) == first
+    assert ids(engine.generate(batch[2:3], params)) == first[2:3]
+    assert ids(engine.generate(batch, params.with_updates(seed=124))) != first
+
+
+def test_n_completions_per_prompt(engine):
+    batch = prompts(2, seed=12)
+    sampled = engine.generate(batch, SamplingParams(max_new_tokens=16, temperature=1.0, n=3, seed=1))
+    assert [len(c) for c in sampled] == [3, 3]
+    assert len({tuple(c.token_ids) for c in sampled[0]}) > 1
+    greedy = engine.generate(batch, SamplingParams(max_new_tokens=8, n=2))
+    assert all(c[0].token_ids == c[1].token_ids for c in greedy)
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(engine):
+    batch = prompts(3, seed=13)
+    greedy = ids(engine.generate(batch, SamplingParams(max_new_tokens=10)))
+    assert ids(engine.generate(batch, SamplingParams(max_new_tokens=10, temperature=0.8, top_k=1))) == greedy
+    assert ids(engine.generate(batch, SamplingParams(max_new_tokens=10, temperature=0.8, top_p=1e-6))) == greedy
+
+
+def test_score_equals_transformers_log_likelihood(llama, engine):
+    _, hf = llama
+    batch = prompts(3, seed=14)
+    continuations = [[5], [7, 8, 9], [200, 3]]
+    got = engine.score(batch, continuations)
+    for prompt, row in zip(batch, got):
+        for cont, value in zip(continuations, row):
+            with torch.inference_mode():
+                logits = hf(torch.tensor([prompt + cont])).logits[0, len(prompt) - 1 : -1]
+            want = logits.log_softmax(-1).gather(1, torch.tensor(cont)[:, None]).sum().item()
+            assert value == pytest.approx(want, abs=1e-4)
+
+
+def test_bfloat16_generation_runs_on_cpu(llama):
+    engine = NativeEngine(llama[0], device="cpu", dtype="bfloat16")
+    out = engine.generate(prompts(3), SamplingParams(max_new_tokens=6))
+    assert engine.dtype == torch.bfloat16
+    assert all(len(c[0].token_ids) == 6 for c in out)
+
+
+def test_auto_device_and_dtype_on_cpu_only_machine(engine):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert engine.device == "cpu" and engine.dtype == torch.float32
+
+
+def test_rejects_prompts_the_model_cannot_take(engine):
+    with pytest.raises(ValueError):
+        engine.generate([[]], SamplingParams())
+    with pytest.raises(ValueError):
+        engine.generate([[1] * 600], SamplingParams())
+
+
+def builtin_folder() -> Path | None:
+    """The built-in model if it is already on disk (this test never downloads)."""
+    candidates = []
+    try:
+        from cluster.model_cache import models_dir
+
+        candidates.append(models_dir() / "smollm2-135m-instruct")
+    except ImportError:
+        pass
+    candidates.append(Path("/tmp/conv"))
+    return next((c for c in candidates if (c / "model.safetensors").exists()), None)
+
+
+@pytest.mark.integration
+def test_builtin_model_greedy_matches_transformers_on_debian_prompts():
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForCausalLM
+
+    from llm_core.tokenizer import ModelTokenizer
+
+    folder = builtin_folder()
+    repo = Path(__file__).resolve().parents[2]
+    data = next((d for d in (repo / "examples/data/debian-summarize.parquet",
+                             Path("/work/shared/datasets/debian/summarize.parquet")) if d.exists()), None)
+    if folder is None or data is None:
+        pytest.skip("built-in model or Debian data not on disk")
+    tok = ModelTokenizer(folder)
+    texts = pq.read_table(data, columns=["text"]).column("text").to_pylist()[:4]
+    batch = tok.encode_batch([
+        tok.apply_chat_template([{"role": "user", "content": f"Summarize the following Debian package "
+                                  f"description in one sentence:\n\n{t}"}]) for t in texts
+    ])
+    params = SamplingParams(max_new_tokens=32, repetition_penalty=1.1)
+    engine = NativeEngine(folder, device="cpu", dtype="float32")
+    got = engine.generate(batch, params)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    for prompt, completions in zip(batch, got):
+        with torch.inference_mode():
+            out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                              max_new_tokens=32, do_sample=False, repetition_penalty=1.1,
+                              eos_token_id=list(engine.eos_token_ids), pad_token_id=2)
+        want = out[0, len(prompt):].tolist()
+        if want and want[-1] in engine.eos_token_ids:
+            want = want[:-1]  # the engine does not return the EOS token
+        assert completions[0].token_ids == want
+
+
+class EagerDecodeGraphs(DecodeGraphs):
+    """DecodeGraphs whose 'graphs' run their step eagerly on replay. CUDA graphs cannot run on
+    this CPU-only machine; what this keeps real is everything around them: the static input
+    buffers, padding a batch up to its bucket with rows in free slots, the full-length mask."""
+
+    def _capture(self, size: int) -> None:
+        outer = self
+
+        class Replay:
+            def replay(self) -> None:
+                outer.outputs[size] = outer._step(size)
+
+        self.graphs[size] = Replay()
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(repetition_penalty=1.3)])
+def test_decode_graph_buffers_and_buckets_give_the_eager_tokens(llama, monkeypatch, settings):
+    batch = prompts(7, seed=4)  # 7 running sequences: the bucket of 8 gets one padding row
+    params = SamplingParams(max_new_tokens=18, **settings)
+    eager = NativeEngine(llama[0], device="cpu", dtype="float32", max_num_seqs=8)
+    free_run = [t for c in eager.generate(batch, params) for t in c[0].token_ids]
+    eos = int(torch.bincount(torch.tensor(free_run)).argmax())  # ends sequences at different steps
+    eager.eos_token_ids = (eos,)
+    want = ids(eager.generate(batch, params))
+    monkeypatch.setattr(cuda_graphs, "DecodeGraphs", EagerDecodeGraphs)
+    graphed = NativeEngine(llama[0], device="cpu", dtype="float32", max_num_seqs=8)
+    graphed.runner.use_cuda_graphs = True
+    graphed.eos_token_ids = (eos,)
+    sizes = []
+    decode = graphed.runner.decode
+    graphed.runner.decode = lambda tokens, positions: sizes.append(len(tokens)) or decode(tokens, positions)
+    assert ids(graphed.generate(batch, params)) == want
+    assert isinstance(graphed.runner.graphs, EagerDecodeGraphs)
+    assert graphed.runner.graphs.buckets == [1, 2, 4, 8]
+    assert len(set(sizes) - {1, 2, 4, 8}) >= 2  # several batches were padded up to a bucket

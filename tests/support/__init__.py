@@ -1,0 +1,1 @@
+"""Shared fixtures and builders, loaded by tests/conftest.py (pytest_plugins)."""

@@ -1,0 +1,1 @@
+"""Unit tests: fast, no Ray cluster (some use real SQLite/PostgreSQL and tiny models)."""

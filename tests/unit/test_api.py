@@ -1,0 +1,170 @@
+"""The HTTP API in-process (real app, real store, no scheduler): auth, prefixes, error bodies,
+limits, idempotency, cancel, events, metrics, audit, and a 1,000-submission burst."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from jobs.api.app import create_app
+from jobs.service.auth import create_token
+from jobs.service.store.job_store import Store
+from tests.support.service_fixtures import create_pg_database, drop_pg_database, postgres_available
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = Store(f"sqlite:///{tmp_path}/jobs.db")
+    yield _env(store, tmp_path)
+    store.close()
+
+
+def _env(store, tmp_path):
+    alice = create_token(store, "alice", input_prefixes=[str(tmp_path / "data")],
+                         output_prefixes=[str(tmp_path / "out")])
+    bob = create_token(store, "bob", input_prefixes=["*"], output_prefixes=["s3://team"])
+    client = TestClient(create_app(store, max_body_bytes=64 * 1024))
+    return {"store": store, "client": client, "alice": {"Authorization": f"Bearer {alice}"},
+            "bob": {"Authorization": f"Bearer {bob}"}, "tmp": tmp_path}
+
+
+def manifest(tmp, **over):
+    m = {"name": "sum", "task": "summarize", "input": {"uri": str(tmp / "data" / "in.parquet")},
+         "output": {"uri": str(tmp / "out" / "{run_id}")}}
+    return {**m, **over}
+
+
+def test_requests_without_or_with_bad_token_are_refused(env):
+    c = env["client"]
+    for headers in ({}, {"Authorization": "Bearer llmb_nope"}, {"Authorization": "Basic abc"}):
+        r = c.get("/v1/jobs", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["message"]
+    r = c.post("/v1/jobs", json={"manifest": manifest(env["tmp"])})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+def test_writing_or_reading_outside_the_token_prefixes_is_forbidden(env):
+    c, tmp = env["client"], env["tmp"]
+    cases = [
+        (manifest(tmp, output={"uri": "/etc/evil"}), ["manifest.output.uri"]),
+        (manifest(tmp, output={"uri": str(tmp / "out" / ".." / "elsewhere")}), ["manifest.output.uri"]),
+        (manifest(tmp, input={"uri": [str(tmp / "data" / "a"), "s3://other/x"]}), ["manifest.input.uri[1]"]),
+    ]
+    (tmp / "data").mkdir()
+    (tmp / "data" / "link").symlink_to("/etc")  # a link inside the prefix pointing outside it
+    cases.append((manifest(tmp, input={"uri": str(tmp / "data" / "link" / "passwd")}), ["manifest.input.uri"]))
+    for m, paths in cases:
+        r = c.post("/v1/jobs", json={"manifest": m}, headers=env["alice"])
+        assert r.status_code == 403, r.text
+        assert [f["path"] for f in r.json()["error"]["fields"]] == paths
+    r = c.post("/v1/jobs", json={"manifest": manifest(tmp, output={"uri": "s3://team-other/x"})}, headers=env["bob"])
+    assert r.status_code == 403  # a prefix matches whole path segments
+    assert env["store"].list_jobs() == []
+    assert c.post("/v1/jobs", json={"manifest": manifest(tmp)}, headers=env["alice"]).status_code == 201
+    ok = c.post("/v1/jobs", json={"manifest": manifest(tmp, output={"uri": "s3://team/nightly/{date}"})},
+                headers=env["bob"])
+    assert ok.status_code == 201, ok.text
+
+
+def test_bad_manifest_lists_every_field_path(env):
+    m = manifest(env["tmp"], task={"kind": "classify", "labels": ["x"]}, colour="red")
+    m["params"] = {"temperature": -1}
+    r = env["client"].post("/v1/jobs", json={"manifest": m, "priority": 5000}, headers=env["alice"])
+    assert r.status_code == 422
+    assert {f["path"] for f in r.json()["error"]["fields"]} == {"priority"}  # envelope first
+    r = env["client"].post("/v1/jobs", json={"manifest": m}, headers=env["alice"])
+    paths = {f["path"] for f in r.json()["error"]["fields"]}
+    assert {"manifest.task.labels", "manifest.colour", "manifest.params.temperature"} <= paths
+    r = env["client"].post("/v1/jobs", json={"manifest": manifest(env["tmp"]), "schedule": {"cron": "every day"}},
+                           headers=env["alice"])
+    assert r.status_code == 422 and r.json()["error"]["fields"][0]["path"] == "schedule.cron"
+
+
+def test_request_size_limit_and_json_errors(env):
+    c = env["client"]
+    big = {"manifest": manifest(env["tmp"], name="x" * (100 * 1024))}
+    r = c.post("/v1/jobs", json=big, headers=env["alice"])
+    assert r.status_code == 413 and "larger than" in r.json()["error"]["message"]
+    r = c.post("/v1/jobs", content=b"{not json", headers={**env["alice"], "content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["message"]
+    r = c.get("/v1/jobs/job-unknown", headers=env["alice"])
+    assert r.status_code == 404 and r.json() == {"error": {"message": "no job job-unknown", "fields": []}}
+
+
+def test_idempotency_cancel_events_and_audit(env):
+    c, tmp = env["client"], env["tmp"]
+    body = {"manifest": manifest(tmp), "idempotency_key": "nightly-1", "priority": 3, "queue": "batch"}
+    first = c.post("/v1/jobs", json=body, headers=env["alice"])
+    again = c.post("/v1/jobs", json=body, headers=env["alice"])
+    assert (first.status_code, again.status_code) == (201, 200)
+    job = first.json()["job"]
+    assert again.json()["job"]["id"] == job["id"] and job["manifest"]["output"]["uri"].endswith(job["id"])
+    clash = c.post("/v1/jobs", json={**body, "priority": 4}, headers=env["alice"])
+    assert clash.status_code == 409 and clash.json()["error"]["fields"][0]["path"] == "idempotency_key"
+
+    assert c.post(f"/v1/jobs/{job['id']}/cancel", headers=env["bob"]).status_code == 403  # not bob's
+    r = c.post(f"/v1/jobs/{job['id']}/cancel", headers=env["alice"])
+    assert r.status_code == 202 and r.json()["state"] == "cancelled"
+    assert c.post(f"/v1/jobs/{job['id']}/cancel", headers=env["alice"]).status_code == 409
+    ev = c.get(f"/v1/jobs/{job['id']}/events", headers=env["alice"]).json()
+    assert [e["state"] for e in ev["events"]] == ["queued", "cancelling", "cancelled"]
+    listed = c.get("/v1/jobs", params={"state": "cancelled", "queue": "batch"}, headers=env["bob"]).json()
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+    actions = [(a["actor"], a["action"], a["detail"].get("outcome")) for a in env["store"].audit_lines(10)]
+    assert ("alice", "submit", "created") in actions and ("alice", "submit", "existing") in actions
+    assert ("bob", "cancel", "forbidden") in actions and sum(a[1] == "cancel" for a in actions) == 3
+
+
+def test_metrics_healthz_and_status_page(env):
+    c = env["client"]
+    c.post("/v1/jobs", json={"manifest": manifest(env["tmp"])}, headers=env["alice"])
+    assert c.get("/healthz").json()["ok"] is True
+    text = c.get("/metrics").text
+    assert 'llmbatch_jobs{state="queued"} 1.0' in text
+    assert 'llmbatch_http_requests_total{method="POST",route="/v1/jobs",status="201"} 1.0' in text
+    page = c.get("/")
+    assert page.status_code == 200 and "llmbatch: jobs" in page.text and "queued: <b>1</b>" in page.text
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_burst_of_1000_submissions_from_threads(backend, tmp_path):
+    if backend == "postgres":
+        if not postgres_available():
+            pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
+        name, url = create_pg_database()
+    else:
+        name, url = None, f"sqlite:///{tmp_path}/jobs.db"
+    store = Store(url)
+    try:
+        env = _env(store, tmp_path)
+        results: dict[str, str] = {}
+        failures: list[str] = []
+        lock = threading.Lock()
+
+        def worker(k: int):
+            with TestClient(create_app(store)) as c:  # one client per thread, like separate users
+                for i in range(k, 1000, 8):
+                    for _ in range(1 if i % 5 else 2):  # every 5th is sent twice (a client retry)
+                        r = c.post("/v1/jobs", json={"manifest": manifest(tmp_path, name=f"b{i}"),
+                                                     "idempotency_key": f"burst-{i}"}, headers=env["alice"])
+                        with lock:
+                            if r.status_code not in (200, 201):
+                                failures.append(r.text)
+                            elif results.setdefault(f"burst-{i}", r.json()["job"]["id"]) != r.json()["job"]["id"]:
+                                failures.append(f"burst-{i} got two ids")
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        jobs = store.list_jobs(limit=5000)
+        assert len(jobs) == 1000 and len(results) == 1000
+        assert {j["idempotency_key"]: j["id"] for j in jobs} == results
+    finally:
+        store.close()
+        if name:
+            drop_pg_database(name)

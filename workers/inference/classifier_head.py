@@ -1,0 +1,110 @@
+"""Run a fine-tuned classification model folder: texts -> labels through its trained head.
+
+A folder is a classifier when its config.json says `"llmbatch_task": "classification"`; it then
+holds classifier.safetensors (head weight [labels, hidden] and bias) and labels.json (the label of
+each output row, in order). The text is tokenized exactly as in training (no chat template, no
+special tokens, cut to `max_tokens`), run through the language model's decoder, and the final
+hidden state of the last real token goes through the head; the label is the argmax.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workers.training.data import collate
+from workers.training.model import CLASSIFIER_FILE, LABELS_FILE, SequenceClassifier, load_tokenizer
+
+
+def is_classifier(model_dir: str | Path) -> bool:
+    config = Path(model_dir) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("llmbatch_task") == "classification"
+
+
+@dataclass(frozen=True)
+class HeadEngine:
+    """What the inference actor logs about its engine (name, device), as LLM.engine has."""
+
+    name: str
+    device: str
+
+
+class Classifier:
+    """Duck-types llm_core.llm.LLM for the classify task: `run_task(spec, texts, params, ...)`."""
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 16, max_tokens: int | None = None):
+        from safetensors.torch import load_file
+
+        from llm_core.models import TrainableCausalLM, load_model, resolve_device, resolve_dtype
+
+        model_dir = Path(model_dir)
+        if not is_classifier(model_dir):
+            raise ValueError(f"{model_dir} is not a classification model (no llmbatch_task in config.json)")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.labels: list[str] = json.loads((model_dir / LABELS_FILE).read_text())
+        self.tokenizer = load_tokenizer(model_dir)
+        # The module that was trained (workers.training.model): llm_core's decoder (Llama, Qwen2
+        # and Mistral alike) and the head on the last real token's state. lm_head is never called.
+        model, _ = load_model(model_dir, self.device, self.dtype)
+        head = load_file(str(model_dir / CLASSIFIER_FILE))
+        if head["weight"].shape[0] != len(self.labels):
+            raise ValueError(f"{model_dir}: head has {head['weight'].shape[0]} outputs, labels.json {len(self.labels)}")
+        self.module = SequenceClassifier(TrainableCausalLM(model), len(self.labels)).to(self.device).eval()
+        self.module.head.load_state_dict(head)
+        config = json.loads((model_dir / "config.json").read_text())
+        self.batch_size = batch_size
+        self.engine = HeadEngine("classifier-head", self.device)
+        self.max_tokens = max_tokens or config.get("llmbatch_max_tokens") or config.get("max_position_embeddings", 512)
+
+    @torch.no_grad()
+    def predict_proba(self, texts: list[str]) -> list[list[float]]:
+        """Per text, the probability of each label (in `self.labels` order)."""
+        ids = [self.tokenizer(t or "", add_special_tokens=False)["input_ids"][: self.max_tokens] or
+               [self.tokenizer.pad_token_id] for t in texts]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
+        out: list[list[float] | None] = [None] * len(ids)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = collate([{"input_ids": ids[i], "label": 0} for i in chunk], self.tokenizer.pad_token_id)
+            logits = self.module(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()
+            for i, p in zip(chunk, probs):
+                out[i] = p
+        return out  # type: ignore[return-value]
+
+    def predict(self, texts: list[str]) -> list[str]:
+        return [self.labels[max(range(len(p)), key=p.__getitem__)] for p in self.predict_proba(texts)]
+
+
+    def check_labels(self, labels) -> None:
+        """A classify job's labels must be the head's (any order): the head can answer no other."""
+        if labels and set(labels) != set(self.labels):
+            raise ValueError(f"the model's classifier head knows labels {self.labels}; the job asks for "
+                             f"{list(labels)}: list the same labels in the job's task")
+
+    def run_task(self, spec, texts: list, params=None, **_ignored) -> list:
+        """One llm_core RowResult per text, as LLM.run_task gives: the label, or an error for a bad row."""
+        from llm_core.llm import RowResult
+        from llm_core.tasks import screen_rows
+
+        if spec.kind != "classify":
+            raise ValueError(f"a classification model runs classify jobs only, not {spec.kind}")
+        self.check_labels(spec.labels)
+        errors, good = screen_rows(spec, texts)
+        results: list = [RowResult(None, errors[i]) if i in errors else None for i in range(len(texts))]
+        if good:
+            labels = self.predict([texts[i] for i in good])
+            for i, label in zip(good, labels):
+                n = min(len(self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]), self.max_tokens)
+                results[i] = RowResult(label, None, "stop", n, 0)
+        return results
+
+
+def load_classifier(model_dir: str | Path, **kwargs) -> Classifier:
+    """The object an inference actor keeps: `.predict(texts) -> labels`, `.labels`."""
+    return Classifier(model_dir, **kwargs)

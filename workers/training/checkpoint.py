@@ -1,0 +1,136 @@
+"""Checkpoints in object storage: `<uri>/step-<N>/` holding every rank's DeepSpeed files.
+
+Save: each rank writes its DeepSpeed shards into its own local temp folder and uploads them;
+after a barrier rank 0 writes `meta.json` then `_COMPLETE`. A folder without `_COMPLETE` (a save
+cut short by a crash) is ignored on resume and removed by pruning. Only the newest `keep`
+complete checkpoints are kept. Load: each rank downloads the newest complete folder and hands it
+to DeepSpeed, converted to DeepSpeed's universal format first when the run has another number of
+ranks than the one that wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import structlog
+
+from cluster import storage
+from workers.training import rescale
+log = structlog.get_logger()
+
+COMPLETE = "_COMPLETE"
+META = "meta.json"
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def tag(step: int) -> str:
+    return f"step-{step}"
+
+
+def _tree(uri: str) -> list[str]:
+    """Relative names of every object under a folder/prefix, nested ones included."""
+    if storage.is_s3(uri):
+        from cluster.storage import s3
+        prefix = uri.rstrip("/") + "/"
+        return sorted(r.uri[len(prefix):] for r in s3.list_objects(prefix))
+    root = Path(storage.normalize(uri))
+    if not root.is_dir():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def steps_present(uri: str) -> dict[int, bool]:
+    """{step: complete?} for every step-N folder under the checkpoint uri."""
+    found: dict[int, bool] = {}
+    for rel in _tree(uri):
+        head, _, rest = rel.partition("/")
+        m = _STEP.match(head)
+        if m:
+            step = int(m.group(1))
+            found[step] = found.get(step, False) or rest == COMPLETE
+    return found
+
+
+def latest_complete(uri: str) -> int | None:
+    done = [s for s, ok in steps_present(uri).items() if ok]
+    return max(done) if done else None
+
+
+def read_meta(uri: str, step: int) -> dict:
+    return json.loads(storage.read_bytes(storage.join(uri, tag(step), META)))
+
+
+def save(engine, uri: str, step: int, meta: dict, rank: int, keep: int, log=log) -> None:
+    """Collective: every rank must call it at the same step."""
+    import deepspeed.comm as dist
+
+    local = Path(tempfile.mkdtemp(prefix=f"llmbatch-ckpt-r{rank}-"))
+    try:
+        engine.save_checkpoint(str(local), tag=tag(step), client_state={"step": step})
+        folder = local / tag(step)
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            rel = str(path.relative_to(folder))
+            storage.write_bytes(storage.join(uri, tag(step), rel), path.read_bytes())
+        dist.barrier()  # every rank's shards are uploaded before the folder is marked complete
+        if rank == 0:
+            storage.write_bytes(storage.join(uri, tag(step), META), json.dumps(meta, indent=1).encode())
+            storage.write_bytes(storage.join(uri, tag(step), COMPLETE), b"")
+            prune(uri, keep)
+        dist.barrier()
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    if rank == 0:
+        log.info("train.checkpoint_saved", step=step, uri=storage.join(uri, tag(step)))
+
+
+def prune(uri: str, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; drop older ones and older incomplete ones."""
+    present = steps_present(uri)
+    complete = sorted((s for s, ok in present.items() if ok), reverse=True)
+    kept = set(complete[:keep])
+    newest = complete[0] if complete else -1
+    for step, ok in present.items():
+        # An incomplete folder newer than the newest complete one may be another save in flight.
+        if step not in kept and (ok or step < newest):
+            storage.delete_prefix(storage.join(uri, tag(step)))
+
+
+def load(engine, uri: str, step: int, rank: int, universal: bool = False) -> None:
+    """Download step-N and load it into the engine (weights, optimizer, LR schedule).
+
+    `universal`: the checkpoint was written by another number of ranks; it is converted first
+    and the engine must have been built with `checkpoint.load_universal` (training_rescale).
+    """
+    local = Path(tempfile.mkdtemp(prefix=f"llmbatch-resume-r{rank}-"))
+    prefix = storage.join(uri, tag(step))
+    try:
+        saved = download_folder(prefix, local / "saved" / tag(step))
+        folder = local / "universal" / tag(step) if universal else saved
+        if universal:
+            rescale.to_universal(saved, folder)
+        load_path, _ = engine.load_checkpoint(str(folder.parent), tag=tag(step), load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {prefix}")
+        if universal:
+            rescale.repair_optimizer_state(engine.basic_optimizer, folder)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def upload_folder(local: Path, uri: str) -> None:
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        storage.write_bytes(storage.join(uri, str(path.relative_to(local))), path.read_bytes())
+
+
+def download_folder(uri: str, local: Path) -> Path:
+    for rel in _tree(uri):
+        dest = local / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(storage.read_bytes(storage.join(uri, rel)))
+    return local
+

@@ -1,0 +1,225 @@
+"""The per-worker training loop run by Ray Train's TorchTrainer, with DeepSpeed ZeRO applied here.
+
+Each worker: build the plain torch model (workers.training.model), wrap it with
+deepspeed.initialize, resume from the newest complete checkpoint under checkpoint.uri (if any,
+written by this or another number of workers: workers.training.rescale), then loop over
+micro-batches of its data share; every `log_every` optimizer steps rank 0 reports loss, tokens/s
+and MFU; every `eval_every` steps all ranks evaluate; every `every_steps` steps all ranks
+checkpoint. At the end rank 0 writes the canonical model folder to output.uri.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import structlog
+import torch
+import torch.distributed as dist
+
+from cluster import logs, storage
+from workers.training import checkpoint as ckpt
+from workers.training import rescale
+from workers.training.data import Encoder, eval_batches, train_batches
+from workers.training.deepspeed import deepspeed_config, resolve_precision
+from workers.training.eval import evaluate, forward_loss, to_device
+from workers.training.metrics import flops_per_token, mfu, peak_flops
+from workers.training.model import (
+    build_model,
+    causal_lm_of,
+    count_params,
+    export_model,
+    load_tokenizer,
+)
+from workers.training.optim import build_optimizer, build_scheduler
+
+
+def _tokenizer_dir(config: dict, rank: int) -> Path:
+    """A local folder with the tokenizer: a model ref resolved on this node, or a stored folder."""
+    from workers.model_resolver import resolve_model
+
+    source = config["tokenizer"]
+    if source["kind"] == "ref":
+        return resolve_model(source["value"])
+    local = Path(tempfile.mkdtemp(prefix=f"llmbatch-tok-r{rank}-"))
+    return ckpt.download_folder(source["value"], local)
+
+
+class _Progress:
+    """Rank 0 pushes events to the runner's ProgressSink; other ranks stay silent."""
+
+    def __init__(self, sink, rank: int):
+        self.sink, self.rank = sink, rank
+
+    def __call__(self, **event) -> None:
+        if self.sink is not None and self.rank == 0:
+            self.sink.push.remote(event)
+
+    def cancel_requested(self) -> bool:
+        """Rank 0 asks the runner; the answer reaches every rank through the next all-reduce."""
+        import ray
+
+        return self.rank == 0 and self.sink is not None and bool(ray.get(self.sink.cancelled.remote()))
+
+
+def _namespace(value):
+    """The manifest's JSON as attributes: workers read it but do not import the control plane.
+    `deepspeed.override` stays a dict: it is DeepSpeed's raw config, merged as is."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: v if k == "override" else _namespace(v) for k, v in value.items()})
+    return value
+
+
+def train_loop(config: dict) -> None:
+    import deepspeed
+    import ray.train
+
+    logs.ensure_configured()
+    manifest = _namespace(config["manifest"])  # validated by the runner (jobs.manifest.training)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    os.environ.setdefault("LOCAL_RANK", str(ctx.get_local_rank()))
+    log = structlog.get_logger().bind(job_id=config["job_id"], rank=rank, world=world)
+    progress = _Progress(config.get("sink"), rank)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(manifest.deepspeed.precision, device)
+    total_steps, labels = config["total_steps"], config.get("labels")
+    tr, ck = manifest.training, manifest.checkpoint
+
+    tok_dir = _tokenizer_dir(config, rank)
+    tokenizer = load_tokenizer(tok_dir)
+    model_dir = None
+    if manifest.task == "finetune":
+        from workers.model_resolver import resolve_model
+
+        model_dir = resolve_model(manifest.model.uri)
+    module = build_model(manifest, tokenizer, model_dir, labels, seed=tr.seed)
+    optimizer = build_optimizer(module, manifest.optimizer, manifest.deepspeed.offload_optimizer != "none")
+    scheduler = build_scheduler(optimizer, total_steps, manifest.optimizer)
+    resume_from = ckpt.latest_complete(ck.uri)
+    meta = ckpt.read_meta(ck.uri, resume_from) if resume_from is not None else None
+    written_by = meta["world_size"] if meta else world
+    # Another worker count than the checkpoint's: DeepSpeed must be told at initialize.
+    universal = rescale.needs_universal(manifest.deepspeed.zero_stage, written_by, world)
+    ds_config = deepspeed_config(manifest, precision=precision)
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer, lr_scheduler=scheduler,
+        config=rescale.universal_config(ds_config) if universal else ds_config,
+    )
+    n_params, n_dense = count_params(module)
+    lm_cfg = causal_lm_of(module).config
+    flops_tok = flops_per_token(n_dense, lm_cfg.num_hidden_layers, lm_cfg.hidden_size, manifest.data.seq_len)
+    peak = peak_flops(device)
+    log.info("train.start", params=n_params, precision=precision, zero_stage=manifest.deepspeed.zero_stage,
+             total_steps=total_steps, device=device)
+
+    step = consumed = 0  # consumed: micro-batches this rank's data stream has given, skipped ones included
+    if resume_from is not None:
+        ckpt.load(engine, ck.uri, resume_from, rank, universal=universal)
+        step = resume_from
+        consumed = rescale.data_skip(meta, tr.micro_batch, tr.grad_accum, world)
+        log.info("train.resumed", from_step=step, checkpoint=storage.join(ck.uri, ckpt.tag(step)),
+                 from_world=written_by, to_world=world, data_skip=consumed)
+        progress(event="resumed", step=step, from_world=written_by, to_world=world)
+
+    encoder = Encoder(manifest, tokenizer, labels)
+    evals = eval_batches(manifest, encoder, rank, world) if step < total_steps else []
+    batches = train_batches(manifest, encoder, rank, world, skip=consumed)
+    # loss sum, micro-batches, tokens, cancel flag: one all-reduce per log step carries them all
+    window = torch.zeros(4, dtype=torch.float64, device=engine.device)
+    t_window, last_eval, last_saved = time.perf_counter(), {}, resume_from
+    engine.train()
+    while step < total_steps:
+        batch = to_device(next(batches), engine.device)
+        consumed += 1
+        loss, _ = forward_loss(engine, batch, manifest.objective)
+        engine.backward(loss)
+        engine.step()
+        # Accumulated on the device: no host sync per micro-batch (it would stall a GPU pipeline).
+        window[0] += loss.detach().double()
+        window[1] += 1
+        window[2] += batch["attention_mask"].sum()
+        if not engine.is_gradient_accumulation_boundary():
+            continue
+        step += 1
+        if step % tr.log_every == 0 or step == total_steps:
+            window[3] = float(progress.cancel_requested())
+            dist.all_reduce(window)
+            cancelled = bool(window[3] > 0)
+            elapsed = time.perf_counter() - t_window
+            tps = float(window[2]) / max(elapsed, 1e-9)
+            row = {"event": "step", "step": step, "total_steps": total_steps,
+                   "loss": float(window[0] / window[1]) if window[1] else None,
+                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps,
+                   "mfu": mfu(tps, flops_tok, world, peak)}
+            if rank == 0:
+                log.info("train.step", **{k: v for k, v in row.items() if k != "event"})
+            progress(**row)
+            window.zero_()
+            t_window = time.perf_counter()
+            if cancelled and step < total_steps:  # keep the work done: a rerun resumes here
+                ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, consumed), rank, ck.keep, log)
+                log.info("train.cancelled", step=step)
+                progress(event="cancelled", step=step)
+                return
+        if tr.eval_every and step % tr.eval_every == 0 and step < total_steps:
+            last_eval = evaluate(engine, evals, manifest.objective, labels, tokenizer.pad_token_id)
+            if last_eval and rank == 0:
+                log.info("train.eval", step=step, **last_eval)
+            if last_eval:
+                progress(event="eval", step=step, **last_eval)
+        if step % ck.every_steps == 0 and step < total_steps:
+            ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, consumed), rank, ck.keep, log)
+            last_saved = step
+        _maybe_crash(config, step, rank, world, resume_from, log)
+
+    if last_saved != step:  # the end state too, so a rerun after a failed export skips training
+        ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, consumed), rank, ck.keep, log)
+    last_eval = evaluate(engine, evals, manifest.objective, labels, tokenizer.pad_token_id) or last_eval
+    if last_eval:
+        progress(event="eval", step=step, **last_eval)
+        if rank == 0:
+            log.info("train.eval", step=step, **last_eval)
+    _export(engine, module, tok_dir, labels, manifest, rank, log)
+    if config["tokenizer"]["kind"] == "uri":  # our download, not a shared model cache folder
+        shutil.rmtree(tok_dir, ignore_errors=True)
+    progress(event="done", step=step, final_eval=last_eval, params=n_params, resumed_from=resume_from)
+
+
+def _meta(config: dict, step: int, total_steps: int, consumed: int) -> dict:
+    """`samples`: trained on by all ranks so far (each took `consumed` micro-batches); a resume on
+    another world size splits it anew."""
+    world = dist.get_world_size()
+    samples = consumed * config["manifest"]["training"]["micro_batch"] * world
+    return {"step": step, "total_steps": total_steps, "world_size": world, "samples": samples,
+            "manifest_hash": config["manifest_hash"], "job_id": config["job_id"], "time": time.time()}
+
+
+def _maybe_crash(config: dict, step: int, rank: int, world: int, resume_from, log) -> None:
+    """Test hook (chaos tests only): the last rank dies hard once, on the first attempt."""
+    at = config.get("crash_at_step")
+    if at is not None and step == at and rank == world - 1 and resume_from is None:
+        log.warning("train.crash_for_test", step=step)
+        os._exit(1)
+
+
+def _export(engine, module, tok_dir: Path, labels, manifest, rank: int, log) -> None:
+    """Gather the full weights (ZeRO-3 shards them) and write the model folder from rank 0."""
+    import deepspeed
+
+    params = list(module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if rank == 0 else None
+    if rank == 0:
+        local = Path(tempfile.mkdtemp(prefix="llmbatch-export-"))
+        try:
+            export_model(state, module, tok_dir, labels, local, manifest.data.seq_len)
+            ckpt.upload_folder(local, manifest.output.uri)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        log.info("train.exported", uri=manifest.output.uri)
+    dist.barrier()

@@ -1,0 +1,150 @@
+"""What is trained: the model and tokenizer a manifest names, and the export to a model folder.
+
+Plain torch modules only; DeepSpeed is applied by workers.training.loop. The model is llm_core's own
+decoder (fused q/k/v and gate/up, SDPA attention, chunked cross-entropy) wrapped by
+`TrainableCausalLM`; every place that builds a model for training (the loop, benchmarks/train.py)
+calls `build_model`, so both sides of the benchmark train the same module.
+
+Canonical folder written by `export_model`, in transformers' layout (unfused weight names, an HF
+config.json) so it loads in transformers and in llm_core's loader alike: config.json,
+model.safetensors, tokenizer.json (+ chat template); for classification also
+classifier.safetensors (weight, bias), labels.json and `"llmbatch_task": "classification"` in
+config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llm_core.models import LlamaForCausalLM, ModelConfig, TrainableCausalLM, is_supported, load_model
+from llm_core.models import hf_config_dict, read_config_dict, to_hf_names
+from llm_core.models.training import init_weights
+
+CLASSIFIER_FILE = "classifier.safetensors"
+LABELS_FILE = "labels.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+INIT_STD = 0.02  # of a pretrained model's fresh weights, as transformers' initializer_range
+
+
+class SequenceClassifier(nn.Module):
+    """A causal LM's final hidden state at the last real token -> label logits.
+
+    The causal LM is kept whole (its lm_head unused) so the exported folder still loads as a
+    language model; the head is a separate file.
+    """
+
+    def __init__(self, lm: TrainableCausalLM, num_labels: int):
+        super().__init__()
+        self.lm = lm
+        self.head = nn.Linear(lm.config.hidden_size, num_labels)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        if not lm.config.tie_word_embeddings:
+            lm.model.lm_head.requires_grad_(False)  # never called: no gradient would reach it
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.lm.hidden_states(input_ids, attention_mask)
+        last = attention_mask.sum(dim=1) - 1  # right padding: the last real token
+        pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        return self.head(pooled.to(self.head.weight.dtype))
+
+
+def load_tokenizer(folder: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def new_llama_config(spec, vocab_size: int, seq_len: int, tokenizer) -> dict:
+    """The HF config.json (as a dict) of a new Llama of the manifest's shape."""
+    inter = spec.intermediate_size or int(8 * spec.hidden_size / 3 + 63) // 64 * 64
+    return {
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": inter,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_kv_heads or spec.num_heads,
+        "max_position_embeddings": spec.max_position_embeddings or seq_len,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": spec.rope_theta,
+        "tie_word_embeddings": spec.tie_embeddings,
+        "initializer_range": INIT_STD,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def build_model(manifest, tokenizer, model_dir: Path | None, labels: list[str] | None, seed: int) -> nn.Module:
+    """The module to train, in fp32 (DeepSpeed casts to bf16/fp16 when the config says so)."""
+    torch.manual_seed(seed)  # same initial weights on every rank
+    if manifest.task == "finetune":
+        source = read_config_dict(model_dir)
+        if not is_supported(source):
+            raise ValueError(f"{model_dir}: the native decoder cannot train this model (model_type "
+                             f"{source.get('model_type')!r}); it takes Llama, Qwen2 and Mistral with SiLU")
+        decoder, _ = load_model(model_dir, device="cpu", dtype=torch.float32)
+    else:
+        source = new_llama_config(manifest.model, len(tokenizer), manifest.data.seq_len, tokenizer)
+        decoder = LlamaForCausalLM(ModelConfig.from_dict(source))
+        init_weights(decoder, std=INIT_STD)
+    lm = TrainableCausalLM(decoder.train(), source_config=source,
+                           compile_layers=manifest.training.compile)
+    if manifest.objective == "classification":
+        return SequenceClassifier(lm, len(labels))
+    return lm
+
+
+def causal_lm_of(module: nn.Module) -> TrainableCausalLM:
+    return module.lm if isinstance(module, SequenceClassifier) else module
+
+
+def count_params(module: nn.Module) -> tuple[int, int]:
+    """(all parameters, non-embedding parameters); ZeRO-3 partitions report ds_numel."""
+    total = embed = 0
+    for name, p in module.named_parameters():
+        n = getattr(p, "ds_numel", p.numel())
+        total += n
+        if "embed_tokens" in name:
+            embed += n
+    return total, total - embed
+
+
+def export_model(state_dict: dict[str, torch.Tensor], module: nn.Module, tokenizer_dir: Path,
+                 labels: list[str] | None, dest: Path, seq_len: int) -> None:
+    """Write the canonical folder to local `dest` from a full (gathered) state dict."""
+    from safetensors.torch import save_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    lm = causal_lm_of(module)
+    # "lm." (classifier) and "model." (TrainableCausalLM) prefixes off: native decoder names.
+    native = {k.removeprefix("lm.").removeprefix("model."): v for k, v in state_dict.items()
+              if not k.startswith("head.")}
+    # A copy per tensor: split q/k/v views share storage, which safetensors refuses.
+    lm_state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                for k, v in to_hf_names(native, lm.config).items()}
+    save_file(lm_state, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    config = hf_config_dict(lm.config, extra=lm.source_config)
+    config["torch_dtype"] = str(next(iter(lm_state.values())).dtype).removeprefix("torch.")
+    if labels is not None:
+        head = {"weight": state_dict["head.weight"].detach().float().cpu().contiguous(),
+                "bias": state_dict["head.bias"].detach().float().cpu().contiguous()}
+        save_file(head, str(dest / CLASSIFIER_FILE))
+        (dest / LABELS_FILE).write_text(json.dumps(labels, indent=1))
+        config["llmbatch_task"] = "classification"
+        config["llmbatch_num_labels"] = len(labels)
+        config["llmbatch_max_tokens"] = seq_len  # texts were cut to this many tokens in training
+    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, dest / name)
