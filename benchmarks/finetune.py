@@ -68,7 +68,7 @@ def training_manifest(args, train_path: Path, work: Path) -> dict:
 
 def fine_tune(args, train: list[dict], work: Path) -> tuple[Path, dict]:
     from cluster import ray_cluster
-    from jobs.manifest.schema import parse_manifest
+    from jobs.manifest import parse_manifest
     from jobs.run.training import run_training
 
     train_path = work / "train.parquet"

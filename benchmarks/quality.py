@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.quality_baselines import DEFAULT_DATA, split_rows
 from llm_core.baselines import TfidfClassifier, identity_translations, lead_sentence_summaries
-from llm_core.metrics import compute_metrics
+from llm_core.metrics.compute import compute_metrics
 from llm_core.engine.sampling import SamplingParams
 from llm_core.tasks import TaskSpec, default_sampling
 

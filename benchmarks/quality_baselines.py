@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from llm_core.baselines import TfidfClassifier, identity_translations, lead_sentence_summaries
-from llm_core.metrics import compute_metrics
+from llm_core.metrics.compute import compute_metrics
 
 DEFAULT_DATA = Path("/work/shared/datasets/debian")
 EVAL_LAST_BYTE_BELOW = 26  # 26/256 = 10.2% of ids

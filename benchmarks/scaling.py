@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/scaling.py                       # 4 shards x 1,000 rows
     .venv/bin/python benchmarks/scaling.py --shards 2 --rows-per-shard 200 --max-new-tokens 8   # quick
 
-A tiny random Llama (tests/tiny_model.py) summarizes the same Parquet shards three ways:
+A tiny random Llama (tests/support/tiny_model.py) summarizes the same Parquet shards three ways:
   engine alone  - llm_core.LLM in a fresh process, one thread, shard by shard (start, imports,
                   model load, read, generate; no Ray, no commit);
   one node      - the full job (plan, actors, commit, _SUCCESS.json) on a private Ray cluster of
@@ -41,7 +41,7 @@ def write_input(path: Path, shards: int, rows_per_shard: int, words: int) -> Non
 
 
 def manifest(inp: Path, out: Path, model: Path, workers: int, args) -> object:
-    from jobs.manifest.schema import parse_manifest
+    from jobs.manifest import parse_manifest
 
     return parse_manifest({
         "name": f"scaling-{workers}",
@@ -106,7 +106,7 @@ def job_on_cluster(nodes: int, inp: Path, out: Path, model: Path, args) -> tuple
     import ray
 
     from jobs.run.inference import run_job
-    from tests.two_node_cluster import TwoNodeCluster
+    from tests.support.two_node_cluster import TwoNodeCluster
 
     cluster = TwoNodeCluster(env={"OMP_NUM_THREADS": "1"}).start(nodes=nodes)
     try:
@@ -145,7 +145,7 @@ def main() -> None:
     os.environ.setdefault("LLMBATCH_LOG_LEVEL", "WARNING")
 
     from cluster import logs
-    from tests.tiny_model import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
 
     logs.configure()
     work = Path(tempfile.mkdtemp(prefix="llmbatch-scaling-"))

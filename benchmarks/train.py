@@ -57,7 +57,8 @@ def run_ours(manifest, args) -> dict:
 
     ray_cluster.connect(args.ray_address)
     events: list[dict] = []
-    result = run_training(manifest, job_id=f"bench-{args.model}-{int(time.time())}", on_progress=events.append)
+    result = run_training(manifest, job_id=f"bench-{args.model}-{int(time.time())}",
+                          on_progress=lambda p: events.append(p.to_dict()))
     if result.status != "succeeded":
         raise SystemExit(f"our loop failed: {result.error}")
     windows = [e for e in events if e.get("event") == "step" and e["step"] > args.warmup]
@@ -69,8 +70,9 @@ def run_plain_torch(manifest, args, tokenizer_dir: Path) -> dict:
     """The same model and data in one process: AdamW, bf16 autocast on GPU, no DeepSpeed."""
     import torch
 
+    from llm_core.tokenizer import load_hf_tokenizer
     from workers.training.data import Encoder, train_batches
-    from workers.training.model import build_model, load_tokenizer
+    from workers.training.model import build_model
     from workers.training.optim import build_optimizer
 
     device = args.device
@@ -78,10 +80,11 @@ def run_plain_torch(manifest, args, tokenizer_dir: Path) -> dict:
         # A Ray Train worker with 1 CPU runs torch on 1 thread (OMP_NUM_THREADS=1); match it, or
         # the comparison measures thread oversubscription instead of the training loop.
         torch.set_num_threads(1)
-    tok = load_tokenizer(tokenizer_dir)
-    model = build_model(manifest, tok, None, None, seed=0).to(device)
-    opt = build_optimizer(model, manifest.optimizer, offload=False)
-    batches = train_batches(manifest, Encoder(manifest, tok, None), rank=0, world=1)
+    tok = load_hf_tokenizer(tokenizer_dir)
+    config = manifest.training_config()
+    model = build_model(config, tok, None, None, seed=0).to(device)
+    opt = build_optimizer(model, config.optimizer, offload=False)
+    batches = train_batches(config, Encoder(config, tok, None), rank=0, world=1)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
     tokens, t0 = 0, None
     for step in range(args.steps):
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
     if args.peak_tflops:
         os.environ["LLMBATCH_PEAK_FLOPS"] = str(args.peak_tflops * 1e12)
 
-    from jobs.manifest.schema import parse_manifest
+    from jobs.manifest import parse_manifest
     from jobs.run.training import TOKENIZER_DIR
     from workers.training.metrics import flops_per_token, mfu, peak_flops
 

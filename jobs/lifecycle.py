@@ -1,12 +1,13 @@
 """The job lifecycle: every state a job can be in and the moves between them, as data.
 
 Store, scheduler, runners, API, client and CLI all use `JobState`; adding a state is one edit
-here (the enum member, its transitions, and whether it is terminal). A move not listed in
-`TRANSITIONS` raises `IllegalTransition`.
+here (the enum member and its transitions; a state with no way out is terminal). A move not
+listed in `TRANSITIONS` raises `IllegalTransition`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -25,7 +26,7 @@ class JobState(StrEnum):
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
-    # running -> queued: the runner died and the job is retried (attempts left).
+    # running -> queued: the run failed or its runner was lost, and the job is run again.
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLING,
                                  JobState.CANCELLED, JobState.QUEUED}),
     JobState.CANCELLING: frozenset({JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED}),
@@ -34,11 +35,16 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.CANCELLED: frozenset(),
 }
 
+INITIAL_STATE = JobState.QUEUED  # what a submitted job starts as
+# A runner exists and one scheduler process holds the job's lease.
+RUNNER_STATES: tuple[JobState, ...] = (JobState.RUNNING, JobState.CANCELLING)
 TERMINAL_STATES: tuple[JobState, ...] = tuple(s for s in JobState if s.terminal)
 ACTIVE_STATES: tuple[JobState, ...] = tuple(s for s in JobState if not s.terminal)
 
 
 class IllegalTransition(ValueError):
+    """A move the lifecycle does not allow (a bug in the caller, or a race it lost)."""
+
     def __init__(self, current: str, target: str):
         super().__init__(f"a job cannot go from {current!r} to {target!r}")
         self.current, self.target = current, target
@@ -47,14 +53,23 @@ class IllegalTransition(ValueError):
         return (IllegalTransition, (self.current, self.target))
 
 
-def allowed_sources(target: JobState) -> tuple[JobState, ...]:
-    """States from which `target` may be entered (for guarded UPDATE ... WHERE state IN (...))."""
-    return tuple(s for s, nexts in TRANSITIONS.items() if target in nexts)
-
-
 def check_transition(current: str | JobState, target: str | JobState) -> JobState:
     """The target as a JobState, or IllegalTransition when the lifecycle forbids the move."""
     current, target = JobState(current), JobState(target)
     if target not in TRANSITIONS[current]:
         raise IllegalTransition(current.value, target.value)
     return target
+
+
+def allowed_sources(target: str | JobState, among: Iterable[JobState] | None = None) -> tuple[JobState, ...]:
+    """The states from which `target` may be entered, for a guarded `UPDATE ... WHERE state IN`.
+
+    With `among`, only those of them that may (the caller's own narrower guard, e.g. only the
+    states that hold a lease); an empty answer means the caller asks for an illegal move.
+    """
+    target = JobState(target)
+    candidates = tuple(JobState) if among is None else tuple(JobState(s) for s in among)
+    sources = tuple(s for s in candidates if target in TRANSITIONS[s])
+    if not sources:
+        raise IllegalTransition("|".join(s.value for s in candidates), target.value)
+    return sources

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llm_core.engine.select import load_engine
 from llm_core.engine.sampling import SamplingParams
-from llm_core.tasks import TaskSpec, build_messages, clean_output, screen_rows
+from llm_core.tasks import TaskKind, TaskSpec, build_messages, clean_output, screen_rows
 from llm_core.tokenizer import ModelTokenizer
 
 
@@ -48,7 +48,7 @@ class LLM:
                  max_input_tokens: int | None = None, on_long_input: str = "truncate",
                  target_languages: list | None = None) -> list[RowResult]:
         """One RowResult per text, in order. Bad rows get an error and never stop the others."""
-        limit = self.engine.max_context - (0 if spec.kind == "classify" else params.max_new_tokens)
+        limit = self.engine.max_context - (0 if spec.kind == TaskKind.CLASSIFY else params.max_new_tokens)
         max_input = min(max_input_tokens or limit, limit)
         errors, good = screen_rows(spec, texts, target_languages)
         results: list[RowResult | None] = [RowResult(None, errors[i]) if i in errors else None
@@ -62,7 +62,7 @@ class LLM:
             else:
                 prompts[i] = ids
         order = list(prompts)
-        if spec.kind == "classify":
+        if spec.kind == TaskKind.CLASSIFY:
             self._classify(spec, order, prompts, results)
         elif order:
             outs = self.engine.generate([prompts[i] for i in order], params)

@@ -63,7 +63,7 @@ def row_error(spec: TaskSpec, text, language: str | None = None, per_row_languag
         return f"text is not a string ({type(text).__name__})"
     if not text.strip():
         return "text is empty"
-    if spec.kind == "translate" and per_row_language and not (language or "").strip():
+    if spec.kind == TaskKind.TRANSLATE and per_row_language and not (language or "").strip():
         return "target language is missing for this row"
     return None
 
@@ -82,20 +82,20 @@ def screen_rows(spec: TaskSpec, texts: list, target_languages: list | None = Non
     return errors, good
 
 
-def default_sampling(kind: str) -> dict:
+def default_sampling(kind: TaskKind | str) -> dict:
     """Defaults that keep small instruct models out of loops (they repeat words when greedy)."""
-    if kind == "summarize":
+    if kind == TaskKind.SUMMARIZE:
         return {"repetition_penalty": 1.1, "no_repeat_ngram_size": 4}
-    if kind == "translate":
+    if kind == TaskKind.TRANSLATE:
         # Translations legitimately repeat words of the source: a lighter touch.
         return {"repetition_penalty": 1.05, "no_repeat_ngram_size": 0}
-    if kind == "generate":
+    if kind == TaskKind.GENERATE:
         return {"repetition_penalty": 1.1, "no_repeat_ngram_size": 0}
     return {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
 
 
 def user_message(spec: TaskSpec, text: str, target_language: str | None = None) -> str:
-    if spec.kind == "summarize":
+    if spec.kind == TaskKind.SUMMARIZE:
         if spec.style == "headline":
             return (
                 "Write a short headline (at most 10 words) that says what the following is. "
@@ -107,21 +107,21 @@ def user_message(spec: TaskSpec, text: str, target_language: str | None = None) 
                 f"Reply with the summary only.\n\n{text}"
             )
         return f"Summarize the following text in a short paragraph. Reply with the summary only.\n\n{text}"
-    if spec.kind == "translate":
+    if spec.kind == TaskKind.TRANSLATE:
         target = language_name(target_language or spec.target_language or "")
         source = language_name(spec.source_language)
         return (
             f"Translate the following text from {source} to {target}. "
             f"Reply with the {target} translation only.\n\n{text}"
         )
-    if spec.kind == "classify":
+    if spec.kind == TaskKind.CLASSIFY:
         options = ", ".join(spec.labels)
         extra = f"{spec.instructions}\n\n" if spec.instructions else ""
         return (
             f"{extra}Classify the following text into exactly one of these categories: {options}.\n\n"
             f"Text: {text}\n\nAnswer with the category name only."
         )
-    if spec.kind == "generate":
+    if spec.kind == TaskKind.GENERATE:
         # str.replace, not str.format: the row text and the template may hold other braces.
         return (spec.prompt_template or "{text}").replace("{text}", text)
     raise ValueError(f"unknown task {spec.kind!r}")
@@ -147,13 +147,13 @@ _BULLET = "*-\u2022 \t#>"
 
 def clean_output(spec: TaskSpec, raw: str) -> str:
     text = raw.strip()
-    if spec.kind == "generate":
+    if spec.kind == TaskKind.GENERATE:
         return text
     lines = [line.strip().lstrip(_BULLET).strip() for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("```")]  # stray code fences
     while len(lines) > 1 and lines[0].endswith(":"):  # "Here's a one-line summary:" then the answer
         lines.pop(0)
-    single_line = spec.kind == "summarize" and spec.style in ("one_sentence", "headline")
+    single_line = spec.kind == TaskKind.SUMMARIZE and spec.style in ("one_sentence", "headline")
     text = lines[0] if single_line and lines else "\n".join(lines)
     for _ in range(2):  # "The one-sentence summary: The one-sentence summary is: ..."
         stripped = _PREFIXES.sub("", text, count=1).strip()

@@ -1,4 +1,11 @@
-"""Tokenizer and chat template of a canonical model folder (tokenizers + jinja2, no transformers)."""
+"""Every way a model folder's tokenizer is loaded: the one place that reads tokenizer files.
+
+- `ModelTokenizer`: tokenizer and chat template for inference (tokenizers + jinja2, no
+  transformers: the inference engines never import it).
+- `read_tokenizer_file`: the bare `tokenizers.Tokenizer` of tokenizer.json (the native engine).
+- `load_hf_tokenizer`: transformers' tokenizer with a pad token, for what pads batches the way
+  training did (the training workers, and the classifier head that runs what they trained).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +23,28 @@ CHATML = (
 )
 
 
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def read_tokenizer_file(model_dir: str | Path) -> Tokenizer:
+    return Tokenizer.from_file(str(Path(model_dir) / TOKENIZER_FILE))
+
+
+def load_hf_tokenizer(model_dir: str | Path):
+    """transformers' AutoTokenizer of the folder; a tokenizer without a pad token pads with EOS."""
+    # Lazy: transformers takes seconds to import, and the inference engines never need it.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 class ModelTokenizer:
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)
-        self.tok = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        self.tok = read_tokenizer_file(self.model_dir)
         self.config = json.loads((self.model_dir / "config.json").read_text())
         template_file = self.model_dir / "chat_template.jinja"
         cfg_file = self.model_dir / "tokenizer_config.json"

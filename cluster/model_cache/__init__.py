@@ -1,11 +1,12 @@
-"""Where model folders live on each node: $LLMBATCH_CACHE, else ~/.cache/llmbatch."""
+"""Where model folders live on each node ($LLMBATCH_CACHE, else ~/.cache/llmbatch), and the
+node-wide lock that lets one process fetch a model while the others on the node wait."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 from pathlib import Path
+
+from filelock import FileLock
 
 
 def cache_root() -> Path:
@@ -20,14 +21,9 @@ def models_dir() -> Path:
     return d
 
 
-@contextlib.contextmanager
-def node_lock(name: str):
-    """An exclusive lock shared by every process on this node (several actors, one download)."""
+def node_lock(name: str) -> FileLock:
+    """An exclusive lock shared by every process on this node (several actors, one download);
+    use it as a context manager."""
     locks = cache_root() / "locks"
     locks.mkdir(exist_ok=True)
-    with open(locks / f"{name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return FileLock(locks / f"{name}.lock")

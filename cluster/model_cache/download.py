@@ -10,7 +10,6 @@ one, else against the ETag where that is a plain MD5 (single-part uploads).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import structlog
 
-from cluster.storage import s3
+from cluster.hashing import file_digest, text_sha256
 from cluster.model_cache import node_lock
+from cluster.storage import s3
 
 log = structlog.get_logger()
 
@@ -39,7 +39,7 @@ def download_folder(s3_uri: str, dest: Path) -> Path:
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    lock_name = "model-" + hashlib.sha256(str(dest.resolve()).encode()).hexdigest()[:16]
+    lock_name = "model-" + text_sha256(str(dest.resolve()))[:16]
     with node_lock(lock_name):
         if dest.is_dir():  # another process finished it while we waited
             return dest
@@ -79,11 +79,11 @@ def _download_into(s3_uri: str, tmp: Path) -> None:
             want = expected.get(rel)
             if want is None:
                 raise ChecksumError(f"{ref.uri}: not listed in the folder's checksum file")
-            got = _file_hash(tmp / rel, "sha256")
+            got = file_digest(tmp / rel, "sha256")
             if got != want.lower():
                 raise ChecksumError(f"{ref.uri}: sha256 {got} does not match the expected {want}")
         elif _MD5_ETAG.match(ref.version):
-            got = _file_hash(tmp / rel, "md5")
+            got = file_digest(tmp / rel, "md5")
             if got != ref.version:
                 raise ChecksumError(f"{ref.uri}: md5 {got} does not match the ETag {ref.version}")
     if expected is not None:
@@ -106,19 +106,11 @@ def _expected_sha256(folder: Path) -> dict[str, str] | None:
     return None
 
 
-def _file_hash(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_checksums(folder: Path) -> Path:
     """Write `_checksums.json` for a local folder before uploading it (used by training output)."""
     folder = Path(folder)
     sums = {
-        p.relative_to(folder).as_posix(): _file_hash(p, "sha256")
+        p.relative_to(folder).as_posix(): file_digest(p, "sha256")
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name not in CHECKSUM_FILES
     }

@@ -1,19 +1,25 @@
-"""Retry transient object-storage failures with capped, jittered exponential backoff.
+"""The one retry layer for S3 object calls: capped, jittered exponential backoff under a deadline.
 
-botocore and pyarrow retry each request a bounded number of times with short backoffs; a store
-that is down for tens of seconds (a restart, a failover) outlasts them. This wraps a whole call
-in a deadline-bounded loop on top, so a job rides out an outage and still fails, with the last
-error, when the store stays down.
+botocore's clients are built with its own retries off (cluster.storage.s3_client), so a call
+here is exactly one HTTP request per attempt and attempts never multiply. Why not botocore's
+retries instead: its standard and adaptive modes share a retry quota per client (500 tokens,
+14 per retry) that is built to stop retrying during a long outage, and count attempts rather
+than time; a store restart of 20-90 s must be ridden out by every concurrent call, then a call
+must still fail, with the last error, when the store stays down. pyarrow's Parquet reads are
+another path with one layer of their own (the AWS C++ SDK's, `S3Settings.pyarrow_max_attempts`).
 """
 
 from __future__ import annotations
 
-import os
 import random
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from s3transfer.exceptions import RetriesExceededError
 
 log = structlog.get_logger()
 
@@ -53,34 +59,38 @@ _TRANSIENT_TEXT = (
     "http response code: 5",
     "http response code 5",
 )
+# Unreachable, reset, timed out, or a body cut short (s3transfer reports that as RetriesExceeded).
+_TRANSPORT_ERRORS = (BotoConnectionError, HTTPClientError, IncompleteReadError, RetriesExceededError,
+                     ConnectionError, TimeoutError)
 
 
-def deadline_s() -> float:
-    """How long one call keeps retrying before giving up (LLMBATCH_S3_RETRY_SECONDS, default 90)."""
-    return float(os.environ.get("LLMBATCH_S3_RETRY_SECONDS", "90"))
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError ("" for anything else)."""
+    resp = getattr(exc, "response", None) or {}
+    return str(resp.get("Error", {}).get("Code", ""))
+
+
+def http_status(exc: BaseException) -> int:
+    resp = getattr(exc, "response", None) or {}
+    return int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
 def is_transient(exc: BaseException) -> bool:
-    try:
-        from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
-        from botocore.exceptions import HTTPClientError
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        ClientError = BotoConnectionError = HTTPClientError = ()  # type: ignore[assignment]
-    if isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError)):
+    """Worth asking again: the store is unreachable, overloaded or failing, not refusing."""
+    if isinstance(exc, _TRANSPORT_ERRORS):
         return True
     if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return err.get("Code") in _TRANSIENT_CODES or status >= 500 or status == 429
+        status = http_status(exc)
+        return error_code(exc) in _TRANSIENT_CODES or status >= 500 or status == 429
     if isinstance(exc, OSError):  # pyarrow raises OSError with the SDK's message
         text = str(exc).lower()
         return any(s in text for s in _TRANSIENT_TEXT)
     return False
 
 
-def call(fn: Callable[[], T], *, what: str, deadline: float | None = None) -> T:
-    """Run fn(), retrying transient failures until `deadline` seconds have passed."""
-    limit = deadline_s() if deadline is None else deadline
+def call(fn: Callable[[], T], *, what: str, deadline: float,
+         retry_if: Callable[[BaseException], bool] = is_transient) -> T:
+    """Run fn(), asking again while `retry_if` says so and `deadline` seconds have not passed."""
     start = time.monotonic()
     attempt = 0
     while True:
@@ -89,9 +99,9 @@ def call(fn: Callable[[], T], *, what: str, deadline: float | None = None) -> T:
         except Exception as exc:  # noqa: BLE001 - classified just below
             attempt += 1
             elapsed = time.monotonic() - start
-            if not is_transient(exc) or elapsed >= limit:
+            if not retry_if(exc) or elapsed >= deadline:
                 raise
             delay = min(8.0, 0.25 * 2 ** min(attempt, 6)) * (0.5 + random.random() / 2)
-            delay = min(delay, max(0.1, limit - elapsed))
+            delay = min(delay, max(0.1, deadline - elapsed))
             log.warning("storage.retry", what=what, attempt=attempt, delay_s=round(delay, 2), error=str(exc)[:300])
             time.sleep(delay)

@@ -23,6 +23,9 @@ class ApiError(Exception):
         self.status, self.message, self.fields, self.headers = status, message, fields or [], headers
         super().__init__(message)
 
+    def __reduce__(self):  # pickled like every exception of ours: rebuild from the same arguments
+        return (type(self), (self.status, self.message, self.fields, self.headers))
+
 
 def error_response(status: int, message: str, fields=(), headers: dict | None = None) -> JSONResponse:
     body = {"error": {"message": message, "fields": [{"path": p, "message": m} for p, m in fields]}}

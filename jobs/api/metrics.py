@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from jobs.lifecycle import JobState
 from jobs.service.store.job_store import Store
-from jobs.service.store.tables import ALL_STATES
 
 router = APIRouter()
 
@@ -21,8 +21,8 @@ class _JobCollector:
     def collect(self):
         g = GaugeMetricFamily("llmbatch_jobs", "Jobs in the store by state", labels=["state"])
         counts = self.store.count_by_state()
-        for state in ALL_STATES:
-            g.add_metric([state], counts.get(state, 0))
+        for state in JobState:
+            g.add_metric([state.value], counts.get(state, 0))
         yield g
 
 

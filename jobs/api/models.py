@@ -8,7 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from jobs.service import cron as schedules
+from jobs.lifecycle import JobState
+from jobs.service import cron
+
+
 class ScheduleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cron: str = Field(..., min_length=1, max_length=120, description="five-field cron, UTC")
@@ -18,7 +21,7 @@ class ScheduleSpec(BaseModel):
     @field_validator("cron")
     @classmethod
     def _valid(cls, cron: str) -> str:
-        if len(cron.split()) != 5 or not schedules.valid_cron(cron):
+        if len(cron.split()) != 5 or not cron.valid_cron(cron):
             raise ValueError("not a valid five-field cron expression")
         return cron
 
@@ -41,7 +44,7 @@ class JobOut(BaseModel):
     id: str
     name: str
     owner: str
-    state: str
+    state: JobState
     queue: str
     priority: int
     idempotency_key: str | None = None
@@ -87,14 +90,14 @@ class EventOut(BaseModel):
     seq: int
     at: datetime
     kind: str
-    state: str | None = None
+    state: JobState | None = None
     message: str | None = None
     data: Any = None
 
 
 class EventList(BaseModel):
     job_id: str
-    state: str
+    state: JobState
     events: list[EventOut]
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from jobs.service import cron as schedules
 from jobs.api.deps import get_store, principal
 from jobs.api.errors import ApiError
 from jobs.api.models import (
@@ -19,11 +18,12 @@ from jobs.api.models import (
     SubmitRequest,
     SubmitResponse,
 )
-from jobs.service.auth import Principal
+from jobs.lifecycle import JobState
 from jobs.manifest.errors import ManifestError
+from jobs.service import cron
+from jobs.service.auth import Principal
 from jobs.service.queue import AccessDenied, check_manifest, enqueue, expand_manifest
 from jobs.service.store.job_store import IdempotencyConflict, Store, utcnow
-from jobs.service.store.tables import ALL_STATES, TERMINAL_STATES
 
 log = structlog.get_logger()
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422)}
@@ -66,7 +66,7 @@ def submit(body: SubmitRequest, response: Response, store: StoreDep,
 def _submit_schedule(store: Store, who: Principal, body: SubmitRequest, request: dict, response: Response):
     # Check the manifest now, as its first run would see it, so a bad schedule is refused at once.
     check_manifest(who, expand_manifest(body.manifest, when=utcnow(), run_id="check"))
-    sch, created = schedules.create(store, name=str(body.manifest.get("name")), owner=who.name,
+    sch, created = cron.create(store, name=str(body.manifest.get("name")), owner=who.name,
                                     cron=body.schedule.cron, on_missed=body.schedule.on_missed,
                                     request={k: v for k, v in request.items() if k != "idempotency_key"},
                                     idempotency_key=body.idempotency_key)
@@ -79,7 +79,7 @@ def _submit_schedule(store: Store, who: Principal, body: SubmitRequest, request:
 
 @router.get("/jobs", response_model=JobList, summary="List jobs, newest first")
 def list_jobs(store: StoreDep, _who: Who,
-              state: Literal[ALL_STATES] | None = None,  # type: ignore[valid-type]
+              state: JobState | None = None,
               queue: Annotated[str | None, Query(max_length=64)] = None,
               owner: Annotated[str | None, Query(max_length=128)] = None,
               schedule_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -111,7 +111,7 @@ def cancel(job_id: JobId, store: StoreDep, who: Who):
     before = job["state"]
     after = store.request_cancel(job_id)
     store.audit(who.name, "cancel", job_id, {"from": before, "to": after})
-    if before in TERMINAL_STATES:
+    if before.terminal:
         raise ApiError(409, f"job {job_id} already ended ({before})")
     return JobOut(**_job_or_404(store, job_id))
 
@@ -125,16 +125,16 @@ def events(job_id: JobId, store: StoreDep, _who: Who, after: Annotated[int, Quer
 
 @router.get("/schedules", response_model=list[ScheduleOut], summary="Cron schedules")
 def list_schedules(store: StoreDep, _who: Who):
-    return [ScheduleOut(**s) for s in schedules.list_all(store)]
+    return [ScheduleOut(**s) for s in cron.list_all(store)]
 
 
 @router.delete("/schedules/{schedule_id}", response_model=ScheduleOut, summary="Stop a schedule")
 def delete_schedule(schedule_id: Annotated[str, Path(max_length=64)], store: StoreDep, who: Who):
-    sch = schedules.get(store, schedule_id)
+    sch = cron.get(store, schedule_id)
     if sch is None:
         raise ApiError(404, f"no schedule {schedule_id}")
     if sch["owner"] != who.name and not who.admin:
         raise ApiError(403, "only the schedule's owner (or an admin) may stop it")
-    schedules.disable(store, schedule_id)
+    cron.disable(store, schedule_id)
     store.audit(who.name, "unschedule", None, {"schedule_id": schedule_id})
-    return ScheduleOut(**schedules.get(store, schedule_id))
+    return ScheduleOut(**cron.get(store, schedule_id))

@@ -10,8 +10,8 @@ from html import escape
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from jobs.lifecycle import JobState
 from jobs.service.store.job_store import shards_finished
-from jobs.service.store.tables import ALL_STATES
 
 router = APIRouter()
 
@@ -36,7 +36,7 @@ def _num(v, fmt="{:,.0f}") -> str:
 def _row(job: dict) -> str:
     p = job.get("progress") or {}
     total, done = p.get("shards_total") or 0, shards_finished(p)
-    if job["state"] == "succeeded" and not total:
+    if job["state"] == JobState.SUCCEEDED and not total:
         pct = 100.0
     else:
         pct = 100.0 * done / total if total else 0.0
@@ -58,8 +58,9 @@ def status_page(request: Request, limit: int = 200) -> HTMLResponse:
     store = request.app.state.store
     counts = store.count_by_state()
     rows = store.list_jobs(limit=max(1, min(limit, 1000)))
-    count_html = "".join(f"<span>{s}: <b>{counts.get(s, 0)}</b></span>" for s in ALL_STATES)
-    running_tps = sum((j.get("progress") or {}).get("tokens_per_s") or 0 for j in rows if j["state"] == "running")
+    count_html = "".join(f"<span>{s}: <b>{counts.get(s, 0)}</b></span>" for s in JobState)
+    running_tps = sum((j.get("progress") or {}).get("tokens_per_s") or 0 for j in rows
+                      if j["state"] == JobState.RUNNING)
     count_html += f"<span>throughput of running jobs: <b>{running_tps:,.1f}</b> tokens/s</span>"
     body = "".join(_row(j) for j in rows) or "<tr><td colspan=11>no jobs yet</td></tr>"
     html = (

@@ -1,4 +1,7 @@
-"""A small HTTP client for the service; the CLI's remote commands are built on it."""
+"""A small HTTP client for the service; the CLI's remote commands are built on it.
+
+Job states come back as `JobState` values; `wait` and `follow` stop at a terminal one.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,28 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from jobs.lifecycle import JobState
+
 DEFAULT_SERVER = "http://127.0.0.1:8080"
-TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def _ended(state: str) -> bool:
+    return JobState(state).terminal
 
 
 class ClientError(Exception):
+    """The service refused a request: its HTTP status, message and the fields at fault."""
+
     def __init__(self, status: int, message: str, fields: list[dict] | None = None):
         self.status, self.message, self.fields = status, message, fields or []
         lines = "".join(f"\n  - {f['path']}: {f['message']}" for f in self.fields)
         super().__init__(f"{message} (HTTP {status}){lines}")
+
+    def __reduce__(self):  # crosses Ray boundaries: rebuild from the same arguments
+        return (type(self), (self.status, self.message, self.fields))
+
+    def __reduce__(self):  # rebuild from the same arguments (the message is derived from them)
+        return (ClientError, (self.status, self.message, self.fields))
 
 
 class Client:
@@ -71,7 +87,7 @@ class Client:
             for ev in page["events"]:
                 after = ev["seq"]
                 yield ev
-            if page["state"] in TERMINAL and not page["events"]:
+            if _ended(page["state"]) and not page["events"]:
                 return
             if not page["events"]:
                 time.sleep(poll_s)
@@ -83,7 +99,7 @@ class Client:
             job = self.get(job_id)
             if on_update:
                 on_update(job)
-            if job["state"] in TERMINAL:
+            if _ended(job["state"]):
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['state']} after {timeout_s}s")

@@ -6,8 +6,15 @@ import argparse
 import json
 import sys
 
+from rich.console import Console
+from rich.table import Table
+
+from cluster import storage
+from jobs.evaluation.report import build_report
+from jobs.evaluation.scoring import evaluate_output
 from llm_core.metrics import KNOWN_METRICS
-from llm_core.tasks import OUTPUT_COLUMN
+from llm_core.tasks import OUTPUT_COLUMN, TaskKind
+from workers.output.location import OutputLocation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,17 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rep.set_defaults(func=cmd_report)
 
 
-def _manifest_of(output: str) -> dict:
-    from cluster import storage
-    from jobs.evaluation.scoring import read_json
-    from workers.output import commit
-    return (read_json(storage.join(storage.normalize(output), commit.MANIFEST_FILE)) or {}).get("manifest") or {}
-
-
 def cmd_eval(args) -> int:
-    from jobs.evaluation.scoring import evaluate_output
-
-    manifest = _manifest_of(args.output)
+    output = OutputLocation.at(args.output)
+    manifest = (output.read_manifest() or {}).get("manifest") or {}
     inputs, evaluate = manifest.get("input") or {}, manifest.get("evaluate") or {}
     task = args.task or (manifest.get("task") or {}).get("kind")
     # No --references: the manifest's, else the job's own input (lined up by shard).
@@ -54,7 +53,7 @@ def cmd_eval(args) -> int:
         return 2
     try:
         metrics = evaluate_output(
-            args.output, task=task,
+            output, task=TaskKind(task),
             references_uri=references[0] if isinstance(references, list) and len(references) == 1 else references,
             reference_column=args.column or evaluate.get("reference_column") or "reference",
             id_column=args.id_column or inputs.get("id_column") or "id",
@@ -72,9 +71,6 @@ def cmd_eval(args) -> int:
 
 
 def print_metrics(metrics: dict, file=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(file=file or sys.stdout)
     table = Table(title=f"{metrics.get('task')}: {metrics.get('scored')} of {metrics.get('rows')} rows scored")
     table.add_column("metric")
@@ -96,15 +92,12 @@ def print_metrics(metrics: dict, file=None) -> None:
 
 
 def cmd_report(args) -> int:
-    from cluster import storage
-    from jobs.evaluation.report import build_report
-
     try:
         page = build_report(args.output, sample_size=args.sample, title=args.title)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    dest = args.out or storage.join(storage.normalize(args.output), "report.html")
+    dest = args.out or OutputLocation.at(args.output).path("report.html")
     storage.write_bytes(dest if storage.is_s3(dest) else storage.normalize(dest), page.encode("utf-8"))
     print(dest)
     return 0

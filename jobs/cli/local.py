@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.manifest.schema import ManifestError, load_manifest
+from cluster.model_cache import models_dir
+from jobs.lifecycle import JobState
+from jobs.manifest import ManifestError, load_manifest
+from llm_core.weights.builtin import BUILTIN_MODELS
+from workers.model_resolver import resolve_model
+from workers.output.location import OutputMode
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("manifest", help="path of a YAML/JSON job manifest")
     run.add_argument("--ray-address", default=None, help="join this Ray cluster (default: $RAY_ADDRESS, else local)")
     run.add_argument("--job-id", default=None, help="job id for logs and _SUCCESS.json (default: generated)")
-    run.add_argument("--output-mode", choices=["error_if_exists", "overwrite", "resume"], default=None,
+    run.add_argument("--output-mode", choices=[mode.value for mode in OutputMode], default=None,
                      help="override output.mode of the manifest (e.g. resume after a crash)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
@@ -51,40 +56,30 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from jobs.run.progress import print_summary
+    # Ray, pyarrow and the engines load only when a job runs, not for every command.
+    from jobs.run.display import print_summary
+    from jobs.run.registry import runner_for
 
     manifest = _load(args.manifest)
     if manifest is None:
         return 2
     if args.output_mode:
         manifest = manifest.model_copy(update={"output": manifest.output.model_copy(update={"mode": args.output_mode})})
-    show = not args.no_progress
-    if manifest.kind == "training":
-        from jobs.run.training import run_training
-
-        result = run_training(manifest, job_id=args.job_id, ray_address=args.ray_address, show_progress=show)
-    else:
-        from jobs.run.inference import run_job
-
-        result = run_job(manifest, job_id=args.job_id, ray_address=args.ray_address, show_progress=show)
+    result = runner_for(manifest)(manifest, job_id=args.job_id, ray_address=args.ray_address,
+                                  show_progress=not args.no_progress)
     print_summary(result)
     if not result.ok:
         print(f"error: job {result.status}: {result.error}", file=sys.stderr)
-    return 0 if result.ok else (130 if result.status == "cancelled" else 1)
+    return 0 if result.ok else (130 if result.status is JobState.CANCELLED else 1)
 
 
 def cmd_models_pull(args) -> int:
-    from workers.model_resolver import resolve_model
-
     ref = args.name if args.name.startswith(("builtin:", "s3://")) else f"builtin:{args.name}"
     print(resolve_model(ref))
     return 0
 
 
 def cmd_models_list(args) -> int:
-    from cluster.model_cache import models_dir
-    from llm_core.weights.builtin import BUILTIN_MODELS
-
     for name, model in sorted(BUILTIN_MODELS.items()):
         cached = (models_dir() / name / "config.json").is_file()
         print(f"builtin:{name}\t{'cached' if cached else 'not cached'}\t{model.description}")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-# Modules that add subcommands: each has register(subparsers) and sets args.func.
-COMMAND_MODULES = [
-    "jobs.cli.local",  # run, validate, models
-    "jobs.cli.service",  # serve, tokens, submit, status, list, logs, cancel, wait
-    "jobs.cli.evaluate",  # eval, report
-]
+from cluster import logs
+from jobs.cli import evaluate, local, remote, serve, tokens
+
+# Each adds its subcommands with register(subparsers) and sets args.func; in help order.
+COMMAND_GROUPS = (
+    local,  # run, validate, models
+    serve,  # serve
+    tokens,  # tokens create
+    remote,  # submit, status, list, logs, cancel, wait
+    evaluate,  # eval, report
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,14 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for group in COMMAND_GROUPS:
+        group.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cluster import logs
-
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(level=args.log_level)

@@ -1,1 +1,2 @@
-"""jobs.evaluation."""
+"""Reading a finished output location back: scoring against references (`scoring`) and the
+one-page HTML report (`report`)."""

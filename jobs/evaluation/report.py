@@ -10,25 +10,25 @@ from __future__ import annotations
 import pyarrow as pa
 import structlog
 
-from cluster import storage
-from jobs.evaluation.scoring import METRICS_FILE, read_json, read_output, read_output_with_input
+from jobs.evaluation.scoring import read_output_with_input
 from llm_core.report import ReportColumns, render_report
-from llm_core.tasks import OUTPUT_COLUMN
-from workers.output import commit
+from llm_core.tasks import OUTPUT_COLUMN, TaskKind
+from workers.output.location import OutputLocation
+
 log = structlog.get_logger()
 
 
-def _task_of(manifest: dict, rows: pa.Table) -> str:
+def _task_of(manifest: dict, rows: pa.Table) -> TaskKind:
     kind = (manifest.get("task") or {}).get("kind")
     if kind in OUTPUT_COLUMN:
-        return kind
+        return TaskKind(kind)
     for task, column in OUTPUT_COLUMN.items():  # no manifest: the output column tells
         if column in rows.column_names:
             return task
     raise ValueError(f"no output column ({', '.join(OUTPUT_COLUMN.values())}) in {rows.column_names}")
 
 
-def _rows_with_inputs(out: str, manifest_file: dict) -> tuple[pa.Table, list | None]:
+def _rows_with_inputs(out: OutputLocation, manifest_file: dict) -> tuple[pa.Table, list | None]:
     """The output rows and, beside them, each row's input text (from the input files, by shard);
     None for the inputs when the input cannot be read any more (moved, changed)."""
     manifest = manifest_file.get("manifest") or {}
@@ -39,27 +39,27 @@ def _rows_with_inputs(out: str, manifest_file: dict) -> tuple[pa.Table, list | N
             inputs = rows.column(f"input.{text_column}").to_pylist()
             return rows.drop_columns([f"input.{text_column}"]), inputs
         except (OSError, ValueError) as exc:
-            log.warning("report.inputs_unavailable", output=out, error=str(exc))
-    return read_output(out), None
+            log.warning("report.inputs_unavailable", output=out.uri, error=str(exc))
+    return out.read_parts(), None
 
 
 def build_report(output_uri: str, *, sample_size: int = 20, title: str | None = None) -> str:
-    out = storage.normalize(output_uri)
-    manifest_file = read_json(storage.join(out, commit.MANIFEST_FILE)) or {}
+    out = OutputLocation.at(output_uri)
+    manifest_file = out.read_manifest() or {}
     manifest = manifest_file.get("manifest") or {}
-    success = read_json(storage.join(out, commit.SUCCESS_FILE))
-    metrics = read_json(storage.join(out, METRICS_FILE)) or (success or {}).get("metrics")
+    success = out.success()
+    metrics = out.read_metrics() or (success or {}).get("metrics")
     rows, inputs = _rows_with_inputs(out, manifest_file)
     id_column = (manifest.get("input") or {}).get("id_column", "id")
     task = _task_of(manifest, rows)
     if success:
         summary = {k: v for k, v in success.items() if k != "metrics"}  # metrics have their own section
     else:
-        summary = {"status": "not finished: no _SUCCESS.json", "output": out, "parts_rows": rows.num_rows}
+        summary = {"status": "not finished: no _SUCCESS.json", "output": out.uri, "parts_rows": rows.num_rows}
     if manifest:
         summary = {**summary, "task": task, "input": (manifest.get("input") or {}).get("uri"),
                    "engine": manifest.get("engine"), "model": manifest.get("model")}
-    name = manifest.get("name") or out.rstrip("/").rsplit("/", 1)[-1]
+    name = manifest.get("name") or out.uri.rstrip("/").rsplit("/", 1)[-1]
     return render_report(
         rows, metrics, summary,
         columns=ReportColumns(id=id_column, output=OUTPUT_COLUMN[task]),

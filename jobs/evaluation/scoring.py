@@ -13,7 +13,6 @@ Then `llm_core.metrics` scores them. Used after a job whose manifest has `evalua
 
 from __future__ import annotations
 
-import json
 import time
 
 import pyarrow as pa
@@ -22,60 +21,51 @@ import pyarrow.parquet as pq
 import structlog
 
 from cluster import storage
-from llm_core.metrics import DEFAULT_METRICS, compute_metrics
-from llm_core.tasks import OUTPUT_COLUMN
-from workers.output import commit
+from llm_core.metrics import DEFAULT_METRICS
+from llm_core.metrics.compute import compute_metrics
+from llm_core.tasks import OUTPUT_COLUMN, TaskKind
+from workers.output.location import MANIFEST_FILE, OutputLocation
+
 log = structlog.get_logger()
 
-METRICS_FILE = "_metrics.json"
 # The figures a summary line shows, in this order, with their number format.
 MAIN_FIGURES = {"rouge1": ".4f", "rouge2": ".4f", "rougeL": ".4f", "bleu": ".2f", "chrf": ".2f",
                 "accuracy": ".4f", "macro_f1": ".4f"}
 
 
-def read_json(uri: str) -> dict | None:
-    """A JSON object from storage, or None when there is none."""
-    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
-
-
-def read_output(output_uri: str, columns: list[str] | None = None) -> pa.Table:
-    """The committed parts of an output location as one table (only `columns`, if given)."""
-    names = [n for n in storage.list_names(output_uri) if commit.PART_RE.match(n)]
-    if not names:
-        raise FileNotFoundError(f"no output parts (part-*.parquet) at {output_uri}")
-    tables = []
-    for name in names:
-        fs, path = storage.filesystem(storage.join(output_uri, name))
-        tables.append(pq.read_table(path, filesystem=fs, columns=columns))
-    return pa.concat_tables(tables, promote_options="permissive")
-
-
-def read_columns(uri: str | list[str], columns: list[str], what: str = "references") -> pa.Table:
-    """These columns of every Parquet file named by `uri` (a file, folder/prefix, glob or list)."""
-    tables = []
+def _checked_files(uri: str | list[str], columns: list[str], what: str):
+    """(uri, filesystem, path) of every Parquet file named by `uri` (a file, folder/prefix, glob
+    or list); ValueError when one lacks any of `columns`."""
     for ref in storage.list_files(uri):
         fs, path = storage.filesystem(ref.uri)
         names = pq.read_schema(path, filesystem=fs).names
         missing = [c for c in columns if c not in names]
         if missing:
             raise ValueError(f"{what} {ref.uri}: column(s) {missing} missing (columns: {', '.join(names)})")
-        tables.append(pq.read_table(path, filesystem=fs, columns=columns).select(columns))
+        yield ref.uri, fs, path
+
+
+def read_columns(uri: str | list[str], columns: list[str], what: str = "references") -> pa.Table:
+    """These columns of every Parquet file named by `uri`."""
+    tables = [pq.read_table(path, filesystem=fs, columns=columns).select(columns)
+              for _, fs, path in _checked_files(uri, columns, what)]
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def read_output_with_input(output_uri: str, output_columns: list[str] | None, input_columns: list[str],
+def read_output_with_input(output: OutputLocation, output_columns: list[str] | None, input_columns: list[str],
                            manifest_file: dict | None = None) -> pa.Table:
     """The output parts with input columns beside them, row for row by shard (`_manifest.json`).
 
-    Input columns come back named `input.<name>`; `output_columns` None reads them all. The ids of each part must equal its input rows'
-    ids: if not, the input changed since the job ran, and this raises ValueError.
+    Input columns come back named `input.<name>`; `output_columns` None reads them all. The ids
+    of each part must equal its input rows' ids: if not, the input changed since the job ran,
+    and this raises ValueError.
     """
-    manifest_file = manifest_file or read_json(storage.join(output_uri, commit.MANIFEST_FILE))
+    manifest_file = manifest_file or output.read_manifest()
     if not manifest_file or "shards" not in manifest_file:
-        raise FileNotFoundError(f"{output_uri}: no {commit.MANIFEST_FILE} with a shard plan")
+        raise FileNotFoundError(f"{output.uri}: no {MANIFEST_FILE} with a shard plan")
     id_column = manifest_file["manifest"]["input"].get("id_column", "id")
     wanted = list(dict.fromkeys([id_column, *input_columns]))
-    committed = commit.committed_shards(output_uri)
+    committed = output.committed_shards()
     files: dict[str, pa.Table] = {}
     tables = []
     for shard in manifest_file["shards"]:
@@ -85,9 +75,8 @@ def read_output_with_input(output_uri: str, output_columns: list[str] | None, in
             files[shard["file"]] = read_columns(shard["file"], wanted, what="input")
         start, end = shard["rows"]
         source = files[shard["file"]].slice(start, end - start)
-        fs, path = storage.filesystem(commit.part_uri(output_uri, shard["shard_id"]))
         columns = None if output_columns is None else list(dict.fromkeys([id_column, *output_columns]))
-        part = pq.read_table(path, filesystem=fs, columns=columns)
+        part = output.read_part(shard["shard_id"], columns)
         if part.num_rows != source.num_rows or not part.column(id_column).equals(source.column(id_column)):
             raise ValueError(f"input {shard['file']} rows {start}-{end} no longer match part "
                              f"{shard['shard_id']}: the input changed since the job ran")
@@ -95,25 +84,20 @@ def read_output_with_input(output_uri: str, output_columns: list[str] | None, in
             part = part.append_column(f"input.{name}", source.column(name))
         tables.append(part)
     if not tables:
-        raise FileNotFoundError(f"no output parts (part-*.parquet) at {output_uri}")
+        raise FileNotFoundError(f"no output parts (part-*.parquet) at {output.uri}")
     return pa.concat_tables(tables, promote_options="permissive")
 
 
 def check_references(references_uri: str | list[str], id_column: str, reference_column: str) -> None:
     """Fail early (before any inference) when the references cannot be read as needed."""
-    for ref in storage.list_files(references_uri):
-        fs, path = storage.filesystem(ref.uri)
-        names = pq.read_schema(path, filesystem=fs).names
-        missing = [c for c in (id_column, reference_column) if c not in names]
-        if missing:
-            raise ValueError(f"references {ref.uri}: column(s) {missing} missing (columns: {', '.join(names)})")
+    list(_checked_files(references_uri, [id_column, reference_column], "references"))  # raises on a gap
 
 
 def _as_string(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
 
 
-def evaluate_output(output_uri: str, *, task: str, reference_column: str,
+def evaluate_output(output: OutputLocation, *, task: TaskKind, reference_column: str,
                     references_uri: str | list[str] | None = None, id_column: str = "id",
                     metrics: list[str] | None = None, use_stemmer: bool = False, write: bool = True) -> dict:
     """Score an output against its references, write `_metrics.json`; return the metrics.
@@ -122,17 +106,16 @@ def evaluate_output(output_uri: str, *, task: str, reference_column: str,
     above); else Parquet files joined by `id_column`. The result is `compute_metrics`'s dict
     (counts and one key per metric) plus `evaluation`: where the references came from.
     """
-    output_uri = storage.normalize(output_uri)
     output_column = OUTPUT_COLUMN[task]
     if metrics is None and not DEFAULT_METRICS.get(task):
         raise ValueError(f"task {task} has no default metrics: name them")
     if references_uri is None:
-        table = read_output_with_input(output_uri, [output_column], [reference_column])
+        table = read_output_with_input(output, [output_column], [reference_column])
         predictions = _as_string(table.column(output_column)).to_pylist()
         references = _as_string(table.column(f"input.{reference_column}")).to_pylist()
         unmatched, source = 0, "input"
     else:
-        predictions, references, unmatched = _join_references(output_uri, output_column, references_uri,
+        predictions, references, unmatched = _join_references(output, output_column, references_uri,
                                                               reference_column, id_column)
         source = references_uri
     result = compute_metrics(task, predictions, references, metrics, use_stemmer=use_stemmer)
@@ -142,13 +125,13 @@ def evaluate_output(output_uri: str, *, task: str, reference_column: str,
         "use_stemmer": use_stemmer, "evaluated_at": time.time(),
     }
     if write:
-        commit.write_json(storage.join(output_uri, METRICS_FILE), result)
+        output.write_metrics(result)
     return result
 
 
-def _join_references(output_uri: str, output_column: str, references_uri: str | list[str],
+def _join_references(output: OutputLocation, output_column: str, references_uri: str | list[str],
                      reference_column: str, id_column: str) -> tuple[list, list, int]:
-    outputs = read_output(output_uri, [id_column, output_column])
+    outputs = output.read_parts([id_column, output_column])
     refs = read_columns(references_uri, [id_column, reference_column])
     ref_ids = refs.column(id_column)
     if pc.count_distinct(ref_ids).as_py() != len(ref_ids) - ref_ids.null_count:
@@ -165,11 +148,11 @@ def _join_references(output_uri: str, output_column: str, references_uri: str | 
             _as_string(joined.column("__reference")).to_pylist(), refs.num_rows - matched)
 
 
-def evaluate_job(manifest, output_uri: str) -> dict:
+def evaluate_job(manifest, output: OutputLocation) -> dict:
     """Evaluate a job's output as its manifest's `evaluate:` block says."""
     spec = manifest.evaluate
     return evaluate_output(
-        output_uri, task=manifest.task.kind, references_uri=spec.references_uri,
+        output, task=manifest.task.kind, references_uri=spec.references_uri,
         reference_column=spec.reference_column, id_column=manifest.input.id_column,
         metrics=spec.metrics, use_stemmer=spec.use_stemmer,
     )

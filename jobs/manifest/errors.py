@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from llm_core.tasks import TaskKind
+from workers.training.config import TrainingTask
+
 
 @dataclass(frozen=True)
 class FieldError:
@@ -25,9 +28,19 @@ class ManifestError(ValueError):
         lines = "\n".join(f"  - {e}" for e in errors)
         super().__init__(f"invalid manifest {source}: {len(errors)} error(s)\n{lines}")
 
+    def __reduce__(self):  # crosses Ray boundaries: rebuild from the same arguments
+        return (type(self), (self.source, self.errors))
+
+    def __reduce__(self):
+        # Rebuilt from its fields, not from the message (`args`): it crosses Ray's pickling.
+        return type(self), (self.source, self.errors)
+
 
 # Discriminated-union tags that pydantic puts in error locations but users never write.
-_TAGS = {"summarize", "translate", "classify", "generate", "inference", "pretrain", "finetune"}
+_TAGS = {*TaskKind, *TrainingTask, "inference"}
+# How pydantic says "unknown field" and "missing": models and (training config) dataclasses differ.
+_UNKNOWN = {"extra_forbidden", "unexpected_keyword_argument"}
+_MISSING = {"missing", "missing_argument"}
 
 
 def format_loc(loc: tuple) -> str:
@@ -46,9 +59,9 @@ def errors_from_validation(exc: ValidationError) -> list[FieldError]:
     found: list[FieldError] = []
     for err in exc.errors():
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        if err["type"] in _UNKNOWN:
             msg = "unknown field (not part of manifest schema v1)"
-        elif err["type"] == "missing":
+        elif err["type"] in _MISSING:
             msg = "required field is missing"
         msg = msg.removeprefix("Value error, ")
         fe = FieldError(format_loc(tuple(err["loc"])), msg)

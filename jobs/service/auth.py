@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select
 
-from cluster import storage
+from cluster.storage.scope import Scope, canonical_prefix, within
 from jobs.service.store.job_store import Store, utcnow
 from jobs.service.store.tables import tokens
 
 TOKEN_PREFIX = "llmb_"
-ANY = "*"  # a prefix that allows every URI
 
 
 @dataclass(frozen=True)
@@ -29,6 +27,11 @@ class Principal:
     input_prefixes: tuple[str, ...]
     output_prefixes: tuple[str, ...]
     admin: bool = False
+
+    @property
+    def scope(self) -> Scope:
+        """What this token's jobs may read and write, carried to the runner and its actors."""
+        return Scope(read=self.input_prefixes, write=self.output_prefixes, who=f"token '{self.name}'")
 
 
 def hash_token(secret: str) -> str:
@@ -42,8 +45,8 @@ def create_token(store: Store, name: str, *, input_prefixes: list[str], output_p
     with store.engine.begin() as conn:
         conn.execute(insert(tokens).values(
             id=uuid.uuid4().hex, name=name, token_hash=hash_token(secret),
-            input_prefixes=[_canon_prefix(p) for p in input_prefixes],
-            output_prefixes=[_canon_prefix(p) for p in output_prefixes],
+            input_prefixes=[canonical_prefix(p) for p in input_prefixes],
+            output_prefixes=[canonical_prefix(p) for p in output_prefixes],
             admin=admin, created_at=utcnow()))
     return secret
 
@@ -60,39 +63,17 @@ def authenticate(store: Store, secret: str | None) -> Principal | None:
     return Principal(row["name"], tuple(row["input_prefixes"]), tuple(row["output_prefixes"]), bool(row["admin"]))
 
 
-def _canon(uri: str) -> str:
-    """Folder form of a URI for prefix checks: "s3://b/x/", "/real/abs/path/". A prefix matches
-    whole path segments only ("s3://data" does not allow "s3://data-other"); local paths are
-    resolved ("..", symlinks) so they cannot step outside."""
-    if storage.is_s3(uri):
-        return uri.rstrip("/") + "/"
-    return os.path.realpath(storage.normalize(uri)).rstrip("/") + "/"
-
-
-def _canon_prefix(prefix: str) -> str:
-    return ANY if prefix == ANY else _canon(prefix)
-
-
-def _within(uri: str, prefixes: tuple[str, ...]) -> bool:
-    if ANY in prefixes:
-        return True
-    if storage.is_s3(uri) and ".." in uri.split("/"):
-        return False
-    target = _canon(uri)
-    return any(target.startswith(p) for p in prefixes)
-
-
 def uri_violations(principal: Principal, manifest: dict) -> list[tuple[str, str]]:
     """(field path, message) for every input/output URI outside the token's prefixes."""
     out: list[tuple[str, str]] = []
     inp = (manifest.get("input") or {}).get("uri")
     uris = [inp] if isinstance(inp, str) else list(inp or [])
     for i, uri in enumerate(uris):
-        if isinstance(uri, str) and not _within(uri, principal.input_prefixes):
+        if isinstance(uri, str) and not within(uri, principal.input_prefixes):
             path = "input.uri" if isinstance(inp, str) else f"input.uri[{i}]"
             out.append((path, f"token '{principal.name}' may not read {uri}"))
     out_uri = (manifest.get("output") or {}).get("uri")
-    if isinstance(out_uri, str) and not _within(out_uri, principal.output_prefixes):
+    if isinstance(out_uri, str) and not within(out_uri, principal.output_prefixes):
         out.append(("output.uri", f"token '{principal.name}' may not write {out_uri}"))
     return out
 

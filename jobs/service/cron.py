@@ -1,4 +1,4 @@
-"""Cron schedules: a stored submit request that the scheduler turns into one job per period.
+"""Cron schedules: a stored submit request that the job scheduler turns into one job per period.
 
 Each run's idempotency key names its period, so two service processes (or a restart between
 creating the job and advancing the schedule) never start one period twice.
@@ -13,8 +13,9 @@ import structlog
 from croniter import croniter
 from sqlalchemy import insert, select, update
 
+from jobs.lifecycle import ACTIVE_STATES
 from jobs.service.store.job_store import Store, utcnow
-from jobs.service.store.tables import ACTIVE_STATES, jobs, schedules
+from jobs.service.store.tables import jobs, schedules
 
 log = structlog.get_logger()
 
@@ -126,5 +127,3 @@ def _has_active_run(store: Store, schedule_id: str) -> bool:
 
 def run_key(schedule_id: str, period: datetime) -> str:
     return f"schedule:{schedule_id}:{period.strftime('%Y%m%dT%H%M%SZ')}"
-
-

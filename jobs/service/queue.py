@@ -1,4 +1,5 @@
-"""The queue: turning a submit request into a queued job, and choosing which queued jobs start.
+"""The queue: turning a submit request (or a due cron schedule) into a queued job, and choosing
+which queued jobs start.
 
 Admission order: priority (high first), then age. A job starts only if its queue is under its
 concurrency limit and the cluster has the CPUs/GPUs its workers ask for free right now.
@@ -6,28 +7,36 @@ concurrency limit and the cluster has the CPUs/GPUs its workers ask for free rig
 
 from __future__ import annotations
 
-import hashlib
-import json
+from cluster.hashing import stable_json_sha256
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from jobs.service import cron as schedules
-from jobs.service.auth import Principal, uri_violations
-from jobs.manifest.schema import parse_manifest
+import structlog
+
+from jobs.manifest import parse_manifest
 from jobs.manifest.errors import FieldError, ManifestError
+from jobs.service import cron
+from jobs.service.auth import Principal, principal_by_name, uri_violations
 from jobs.service.store.job_store import IdempotencyConflict, NewJob, Store, utcnow
+
+log = structlog.get_logger()
 
 DEFAULT_QUEUE_LIMIT = 4
 
 
 class AccessDenied(Exception):
+    """The caller's token may not read or write some of the manifest's locations."""
+
     def __init__(self, errors: list[FieldError]):
         self.errors = errors
         super().__init__("; ".join(str(e) for e in errors))
 
+    def __reduce__(self):  # pickled like every exception of ours: rebuild from the same arguments
+        return (type(self), (self.errors,))
+
 
 def request_hash(request: dict) -> str:
-    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+    return stable_json_sha256(request)
 
 
 def expand_manifest(manifest: dict, *, when: datetime, run_id: str) -> dict:
@@ -35,7 +44,7 @@ def expand_manifest(manifest: dict, *, when: datetime, run_id: str) -> dict:
     out = manifest.get("output")
     if not isinstance(out, dict) or not isinstance(out.get("uri"), str):
         return manifest
-    return {**manifest, "output": {**out, "uri": schedules.expand_uri(out["uri"], when=when, run_id=run_id)}}
+    return {**manifest, "output": {**out, "uri": cron.expand_uri(out["uri"], when=when, run_id=run_id)}}
 
 
 def check_manifest(principal: Principal, manifest: dict, source: str = "manifest"):
@@ -78,6 +87,23 @@ def enqueue(store: Store, principal: Principal, request: dict, *, when: datetime
     return store.submit(job)
 
 
+def enqueue_schedule_runs(store: Store) -> None:
+    """Queue one job for each cron schedule that is due, as its owner's token allows now."""
+    for sch, period in cron.due_runs(store):
+        slog = log.bind(schedule_id=sch["id"])
+        principal = principal_by_name(store, sch["owner"])
+        if principal is None:
+            slog.warning("schedule.owner_token_gone", owner=sch["owner"])
+            continue
+        try:
+            job, created = enqueue(store, principal, sch["request"], when=period,
+                                   schedule_id=sch["id"], idempotency_key=cron.run_key(sch["id"], period))
+        except Exception as exc:
+            slog.error("schedule.run_refused", error=str(exc))
+            continue
+        slog.info("schedule.run_queued", job_id=job["id"], created=created, period=period.isoformat())
+
+
 @dataclass
 class Admission:
     """Decides which queued jobs may start now. `limits` maps queue -> max running jobs."""
@@ -116,4 +142,5 @@ def parse_limits(items: list[str]) -> dict[str, int]:
     return out
 
 
-__all__ = ["enqueue", "Admission", "AccessDenied", "ManifestError", "expand_manifest", "parse_limits"]
+__all__ = ["enqueue", "enqueue_schedule_runs", "Admission", "AccessDenied", "ManifestError", "expand_manifest",
+           "parse_limits"]

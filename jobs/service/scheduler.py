@@ -1,9 +1,11 @@
-"""The scheduler: one loop per service process that starts, watches and finishes job runners.
+"""The job scheduler: one loop per service process that starts, watches and finishes job runners.
 
 Each tick: renew this process's leases, poll its runners, adopt jobs whose scheduler died
 (re-attach to a live runner by name, or re-queue to resume from committed shards), start the
 due schedule runs, then admit queued jobs. A job is started only by the one process whose
 conditional `claim` moved it queued -> running, so two processes never start it twice.
+A runner reports how its run ended as a dict whose `status` is a `JobState` value; the
+scheduler records the job's next state through the store, which follows jobs/lifecycle.py.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ from datetime import timedelta
 import ray
 import structlog
 
-from jobs.run import actor as runner_actor
-
-from jobs.service import cron as schedules
-from jobs.service.auth import principal_by_name
-from jobs.service.queue import Admission, enqueue
+from cluster import ray_cluster
+from jobs.lifecycle import IllegalTransition, JobState
+from jobs.run.protocol import Runner
+from jobs.service import runner_actors
+from jobs.service.queue import Admission, enqueue_schedule_runs
 from jobs.service.store.job_store import Store, utcnow
-from jobs.service.store.tables import CANCELLED, CANCELLING, FAILED, QUEUED, SUCCEEDED
 
 log = structlog.get_logger()
 
@@ -34,7 +35,7 @@ log = structlog.get_logger()
 @dataclass
 class SchedulerConfig:
     ray_address: str | None = None
-    runner: str = runner_actor.DEFAULT_RUNNER
+    runner: Runner | None = None  # None: the runner of each manifest's kind (tests give their own)
     admission: Admission = field(default_factory=Admission)
     lease_s: float = 30.0  # another process adopts a job this long after its scheduler went silent
     tick_s: float = 1.0
@@ -61,8 +62,6 @@ class Scheduler:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        from cluster import ray_cluster
-
         in_main = threading.current_thread() is threading.main_thread()
         previous = signal.getsignal(signal.SIGTERM) if in_main else None
         ray_cluster.connect(self.cfg.ray_address)
@@ -70,7 +69,7 @@ class Scheduler:
             # ray.init installs a SIGTERM handler that exits at once; keep the server's own
             # (uvicorn's), so SIGTERM shuts down gracefully through the app's lifespan.
             signal.signal(signal.SIGTERM, previous)
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)
         self._thread.start()
         log.info("scheduler.started", scheduler=self.id, ray_address=self.cfg.ray_address)
 
@@ -96,7 +95,7 @@ class Scheduler:
         for job_id in list(self._attached):
             self._poll(job_id)
         self._adopt_orphans()
-        self._start_schedule_runs()
+        enqueue_schedule_runs(self.store)
         self._admit()
 
     # ---- starting ------------------------------------------------------------------------
@@ -121,7 +120,7 @@ class Scheduler:
         pending = []
         for row in claimed:
             try:
-                pending.append((row, self._create_runner(row)))
+                pending.append((row, runner_actors.create(row, self.cfg.runner, self.cfg.ray_address)))
             except Exception as exc:
                 self._start_failed(row, exc)
         for row, handle in pending:
@@ -134,12 +133,8 @@ class Scheduler:
     def _start_failed(self, row: dict, exc: Exception) -> None:
         """A runner that cannot be created or started counts as a failed run (retry policy)."""
         log.exception("runner.start_failed", job_id=row["id"])
-        try:
-            ray.kill(ray.get_actor(runner_actor.actor_name(row["id"]), namespace=runner_actor.NAMESPACE))
-        except Exception:  # never created
-            pass
-        self._end(row, {"status": "failed", "error": f"runner did not start: {type(exc).__name__}: {exc}"},
-                  kill=False)
+        runner_actors.kill(runner_actors.find(row["id"]))  # None if it was never created
+        self._end(row, JobState.FAILED, error=f"runner did not start: {type(exc).__name__}: {exc}", kill=False)
 
     def _note_too_big(self, queued: list[dict]) -> None:
         """Say once, in its event log, why a job that cannot fit the whole cluster is waiting."""
@@ -152,49 +147,10 @@ class Scheduler:
                 self.store.add_event(job["id"], "info", f"waiting: needs {job['cpus']:g} CPUs and {job['gpus']:g} "
                                      f"GPUs; the cluster has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}")
 
-    def _create_runner(self, row: dict):
-        manifest = row["manifest"]
-        if row["attempts"] > 1:  # any later run resumes from the shards already committed
-            manifest = {**manifest, "output": {**manifest["output"], "mode": "resume"}}
-        for _ in range(100):
-            try:
-                return runner_actor.JobRunner.options(
-                    name=runner_actor.actor_name(row["id"]), namespace=runner_actor.NAMESPACE,
-                    lifetime="detached", get_if_exists=True,
-                ).remote(row["id"], manifest, self.cfg.runner, self.cfg.ray_address)
-            except ValueError:  # the name is still held by a runner being killed
-                time.sleep(0.1)
-        raise RuntimeError(f"could not create the runner of {row['id']}")
-
     def _start_runner(self, row: dict, handle) -> None:
-        for _ in range(3):
-            try:
-                _, stale = ray.get(handle.poll.remote(), timeout=120)
-            except ray.exceptions.RayActorError:  # got a runner that was being killed
-                stale = True
-            if stale is None:
-                break
-            ray.kill(handle)  # a finished runner of an earlier attempt: replace it
-            time.sleep(0.5)
-            handle = self._create_runner(row)
-        ray.get(handle.start.remote(), timeout=60)
+        handle = runner_actors.start(row, handle, self.cfg.runner, self.cfg.ray_address)
         self._attached[row["id"]] = Attached(handle)
         log.info("runner.started", job_id=row["id"], attempt=row["attempts"], queue=row["queue"])
-
-    def _start_schedule_runs(self) -> None:
-        for sch, period in schedules.due_runs(self.store):
-            slog = log.bind(schedule_id=sch["id"])
-            principal = principal_by_name(self.store, sch["owner"])
-            if principal is None:
-                slog.warning("schedule.owner_token_gone", owner=sch["owner"])
-                continue
-            try:
-                job, created = enqueue(self.store, principal, sch["request"], when=period,
-                                       schedule_id=sch["id"], idempotency_key=schedules.run_key(sch["id"], period))
-            except Exception as exc:
-                slog.error("schedule.run_refused", error=str(exc))
-                continue
-            slog.info("schedule.run_queued", job_id=job["id"], created=created, period=period.isoformat())
 
     # ---- watching ------------------------------------------------------------------------
 
@@ -215,14 +171,13 @@ class Scheduler:
             if row is None:
                 continue
             jlog = log.bind(job_id=row["id"])
-            try:
-                handle = ray.get_actor(runner_actor.actor_name(row["id"]), namespace=runner_actor.NAMESPACE)
-            except ValueError:
-                if row["state"] == CANCELLING:
-                    self.store.finish(row["id"], self.id, CANCELLED, message="cancelled (its runner was gone)")
+            handle = runner_actors.find(row["id"])
+            if handle is None:
+                if row["state"] == JobState.CANCELLING:
+                    self._finish(row, JobState.CANCELLED, message="cancelled (its runner was gone)")
                 else:
-                    self.store.finish(row["id"], self.id, QUEUED,
-                                      message="runner gone after a restart; re-queued to resume from committed shards")
+                    self._finish(row, JobState.QUEUED,
+                                 message="runner gone after a restart; re-queued to resume from committed shards")
                 jlog.info("runner.gone_requeued", state=row["state"])
                 continue
             handle.start.remote()  # a runner created just before its scheduler died may not have begun
@@ -241,7 +196,7 @@ class Scheduler:
         except ray.exceptions.GetTimeoutError:
             return
         except ray.exceptions.RayActorError as exc:
-            self._end(row, {"status": "failed", "error": f"runner died: {exc}"}, kill=False)
+            self._end(row, JobState.FAILED, error=f"runner died: {exc}", kill=False)
             return
         if progress and progress != att.last_progress:
             prev = att.last_progress or {}
@@ -250,46 +205,65 @@ class Scheduler:
             self.store.set_progress(job_id, self.id, progress, event=moved)
             att.last_progress = progress
         if result is not None:
-            self._end(row, result)
+            status, error = _reported(result)
+            self._end(row, status, error=error, summary=result.get("summary") or None,
+                      output_uri=result.get("output_uri"))
             return
         now = time.monotonic()
         timed_out = row["timeout_s"] and (utcnow() - row["started_at"]).total_seconds() > row["timeout_s"]
-        if att.cancel_sent_at is None and (row["state"] == CANCELLING or timed_out):
+        if att.cancel_sent_at is None and (row["state"] == JobState.CANCELLING or timed_out):
             att.handle.cancel.remote()
             att.cancel_sent_at = now
             if timed_out:
                 self.store.add_event(job_id, "error", f"timed out after {row['timeout_s']}s; stopping its runner")
         elif att.cancel_sent_at is not None and now - att.cancel_sent_at > self.cfg.cancel_grace_s:
-            self._end(row, {"status": "cancelled", "error": "runner did not stop in time; killed"})
+            self._end(row, JobState.CANCELLED, error="runner did not stop in time; killed")
 
-    def _end(self, row: dict, result: dict, *, kill: bool = True) -> None:
+    def _end(self, row: dict, status: JobState, *, error: str | None = None, summary: dict | None = None,
+             output_uri: str | None = None, kill: bool = True) -> None:
         """Record how a run ended (terminal, or queued again for a retry), then drop its runner."""
-        job_id, status, error = row["id"], result.get("status"), result.get("error")
-        common = {"summary": result.get("summary") or None, "output_uri": result.get("output_uri")}
-        fin = self.store.finish
-        if row["state"] == CANCELLING:
-            ok = fin(job_id, self.id, CANCELLED, message="cancelled", **common)
-        elif status == "succeeded":
-            ok = fin(job_id, self.id, SUCCEEDED, message="succeeded", **common)
-        elif status == "cancelled":  # only a timeout cancels a job that is not cancelling
-            ok = fin(job_id, self.id, FAILED, message="timed out", failed_run=True,
-                     error=f"timed out after {row['timeout_s']}s", **common)
+        common = {"summary": summary, "output_uri": output_uri}
+        if row["state"] == JobState.CANCELLING:
+            ok = self._finish(row, JobState.CANCELLED, **common)
+        elif status == JobState.SUCCEEDED:
+            ok = self._finish(row, JobState.SUCCEEDED, **common)
+        elif status == JobState.CANCELLED:  # only a timeout cancels a job that is not cancelling
+            ok = self._finish(row, JobState.FAILED, message="timed out", failed_run=True,
+                              error=f"timed out after {row['timeout_s']}s", **common)
         elif row["failures"] + 1 < row["max_attempts"]:
             delay = row["retry_backoff_s"] * 2 ** row["failures"]
-            ok = fin(job_id, self.id, QUEUED, message=f"run failed; retry in {delay:.0f}s", error=error,
-                     failed_run=True, event_kind="retry", not_before=utcnow() + timedelta(seconds=delay))
+            ok = self._finish(row, JobState.QUEUED, message=f"run failed; retry in {delay:.0f}s", error=error,
+                              failed_run=True, event_kind="retry", not_before=utcnow() + timedelta(seconds=delay))
         else:
-            ok = fin(job_id, self.id, FAILED, message="failed", error=error or "failed", failed_run=True, **common)
-        log.info("runner.ended", job_id=job_id, status=status, error=error, recorded=ok)
-        att = self._attached.pop(job_id, None)
-        self._reserved.pop(job_id, None)
+            ok = self._finish(row, JobState.FAILED, error=error or JobState.FAILED.value, failed_run=True,
+                              **common)
+        log.info("runner.ended", job_id=row["id"], status=status.value, error=error, recorded=ok)
+        if ok is None:
+            return  # the job moved meanwhile (a cancel): the next poll decides again
+        att = self._attached.pop(row["id"], None)
+        self._reserved.pop(row["id"], None)
         # The state is recorded first: dying between the two leaves a finished runner behind
         # (harmless; replaced on the next start) rather than a job whose runner vanished.
         if ok and kill and att is not None:
-            try:
-                ray.kill(att.handle)
-            except Exception:  # already gone
-                pass
+            runner_actors.kill(att.handle)
+
+    def _finish(self, row: dict, to_state: JobState, *, message: str | None = None, **how) -> bool | None:
+        """store.finish (the event's message defaults to the state's name); None when the job's
+        state changed since `row` was read and the lifecycle no longer allows the move (a cancel
+        came in between)."""
+        try:
+            return self.store.finish(row["id"], self.id, to_state, message=message or to_state.value, **how)
+        except IllegalTransition as exc:
+            log.info("job.moved_meanwhile", job_id=row["id"], wanted=to_state.value, error=str(exc))
+            return None
+
+
+def _reported(result: dict) -> tuple[JobState, str | None]:
+    """The state a runner reported (the wire shape's `status`) and its error."""
+    try:
+        return JobState(result.get("status")), result.get("error")
+    except ValueError:  # not a state: a broken runner, which counts as a failed run
+        return JobState.FAILED, f"runner reported an unknown status {result.get('status')!r}: {result.get('error')}"
 
 
 def _alive(owner: str, host: str) -> bool:

@@ -13,7 +13,7 @@ from llm_core.engine.sampling import Completion, SamplingParams
 
 class Engine(Protocol):
     name: str  # "native" or "hf"
-    device: str  # "cpu" or "cuda"
+    device: str  # as picked by llm_core.device: "cpu", "cuda", "cuda:1", ...
     max_context: int  # prompt + generated tokens the model accepts
     eos_token_ids: tuple[int, ...]
 

@@ -12,23 +12,11 @@ from typing import Sequence
 
 import torch
 
+from llm_core.device import pick_device, pick_dtype
 from llm_core.engine.batching import token_budget_batches
 from llm_core.engine.sampling import Completion, SamplingParams
 from llm_core.engine.stops import truncate_at_stop
 from llm_core.tokenizer import ModelTokenizer
-
-
-def pick_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def pick_dtype(device: str, dtype: str = "auto") -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
 
 
 class HFEngine:
@@ -37,6 +25,7 @@ class HFEngine:
     def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16, max_batch_tokens: int | None = None,
                  tokenizer: ModelTokenizer | None = None):
+        # transformers takes seconds to import; only this fallback engine needs it.
         from transformers import AutoModelForCausalLM
 
         self.model_dir = Path(model_dir)

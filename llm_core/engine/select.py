@@ -8,6 +8,8 @@ from pathlib import Path
 import structlog
 
 from llm_core.engine.hf import HFEngine
+from llm_core.engine.native import NativeEngine
+from llm_core.models import is_supported
 from llm_core.tokenizer import ModelTokenizer
 
 log = structlog.get_logger()
@@ -15,10 +17,6 @@ log = structlog.get_logger()
 
 def native_support(model_dir: Path) -> tuple[bool, str]:
     config = json.loads((model_dir / "config.json").read_text())
-    try:
-        from llm_core.models import is_supported
-    except ImportError as exc:  # the native engine is optional at import time
-        return False, f"native engine unavailable: {exc}"
     if not is_supported(config):
         return False, f"architecture {config.get('model_type')!r} is not supported by the native engine"
     return True, ""
@@ -32,8 +30,6 @@ def load_engine(model_dir: str | Path, choice: str = "auto", device: str = "auto
     if choice in ("auto", "native"):
         ok, why = native_support(model_dir)
         if ok:
-            from llm_core.engine.native import NativeEngine
-
             return NativeEngine(model_dir, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens,
                                 max_num_seqs=max(batch_size, 1), tokenizer=tokenizer.tok)
         if choice == "native":

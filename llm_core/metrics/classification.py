@@ -1,15 +1,17 @@
-"""Accuracy, macro-F1, per-label precision/recall/F1/support and a confusion matrix.
+"""Accuracy, macro-F1, per-label precision/recall/F1/support and a confusion matrix, by scikit-learn.
 
-The label set is the sorted union of reference and predicted labels, as in scikit-learn:
-a model that answers a label outside the reference set is charged for it in macro-F1
-(that label's F1 is 0) rather than having it ignored.
+The label set is the sorted union of reference and predicted labels: a model that answers a
+label outside the reference set is charged for it in macro-F1 (that label's F1 is 0) rather
+than having it ignored. A ratio whose denominator is 0 is 0.0 (zero_division=0). The results
+are plain Python numbers, ready for JSON.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Sequence
+
+from sklearn import metrics as sk
 
 
 @dataclass(frozen=True)
@@ -31,36 +33,31 @@ def label_set(references: Sequence[str], predictions: Sequence[str]) -> list[str
 
 def accuracy(references: Sequence[str], predictions: Sequence[str]) -> float:
     _check_lengths(references, predictions)
-    if not references:
-        return 0.0
-    return sum(r == p for r, p in zip(references, predictions)) / len(references)
+    return float(sk.accuracy_score(references, predictions)) if references else 0.0
 
 
 def per_label_scores(references: Sequence[str], predictions: Sequence[str]) -> dict[str, LabelScore]:
-    """Scores of every label; a ratio whose denominator is 0 is 0.0 (scikit-learn's zero_division=0)."""
     _check_lengths(references, predictions)
-    true_positives = Counter(r for r, p in zip(references, predictions) if r == p)
-    reference_counts = Counter(references)
-    prediction_counts = Counter(predictions)
-    scores: dict[str, LabelScore] = {}
-    for label in label_set(references, predictions):
-        hits = true_positives[label]
-        precision = hits / prediction_counts[label] if prediction_counts[label] else 0.0
-        recall = hits / reference_counts[label] if reference_counts[label] else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores[label] = LabelScore(precision, recall, f1, reference_counts[label])
-    return scores
+    labels = label_set(references, predictions)
+    if not labels:
+        return {}
+    precision, recall, f1, support = sk.precision_recall_fscore_support(
+        references, predictions, labels=labels, zero_division=0
+    )
+    return {label: LabelScore(float(p), float(r), float(f), int(s))
+            for label, p, r, f, s in zip(labels, precision, recall, f1, support)}
 
 
 def macro_f1(references: Sequence[str], predictions: Sequence[str]) -> float:
-    scores = per_label_scores(references, predictions)
-    if not scores:
+    _check_lengths(references, predictions)
+    labels = label_set(references, predictions)
+    if not labels:
         return 0.0
-    return sum(score.f1 for score in scores.values()) / len(scores)
+    return float(sk.f1_score(references, predictions, labels=labels, average="macro", zero_division=0))
 
 
 def per_label_report(references: Sequence[str], predictions: Sequence[str]) -> dict[str, dict]:
-    """`per_label_scores` as plain dicts, ready for JSON."""
+    """`per_label_scores` as plain dicts."""
     return {label: asdict(score) for label, score in per_label_scores(references, predictions).items()}
 
 
@@ -68,8 +65,5 @@ def confusion_matrix(references: Sequence[str], predictions: Sequence[str]) -> d
     """{"labels": [...], "matrix": rows = reference label, columns = predicted label}."""
     _check_lengths(references, predictions)
     labels = label_set(references, predictions)
-    index = {label: i for i, label in enumerate(labels)}
-    matrix = [[0] * len(labels) for _ in labels]
-    for reference, prediction in zip(references, predictions):
-        matrix[index[reference]][index[prediction]] += 1
+    matrix = sk.confusion_matrix(references, predictions, labels=labels).tolist() if labels else []
     return {"labels": labels, "matrix": matrix}

@@ -9,30 +9,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from llm_core.device import pick_device, pick_dtype
 from llm_core.models.config import ModelConfig, read_config_dict
 from llm_core.models.llama import LlamaForCausalLM
 from llm_core.models.rope import inverse_frequencies
-
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
-
-
-def resolve_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
-    """auto: bf16 on GPU; fp32 on CPU, where bf16 matmuls are usually slower without AMX."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return DTYPES[dtype]
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
@@ -83,8 +63,8 @@ def load_model(
     model_dir: str | Path, device: str = "auto", dtype: str | torch.dtype = "auto"
 ) -> tuple[LlamaForCausalLM, ModelConfig]:
     model_dir = Path(model_dir)
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    device = pick_device(device)
+    torch_dtype = pick_dtype(device, dtype)
     cfg = ModelConfig.from_dict(read_config_dict(model_dir))
     # Build on the meta device so no memory or time goes into a random init we overwrite.
     with torch.device("meta"):

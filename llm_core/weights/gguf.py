@@ -14,6 +14,8 @@ CANONICAL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, source: str = "") -> Path:
+    # torch and transformers take seconds to import and only a first-time conversion needs
+    # them; the CLI imports llm_core.weights just for the built-in model names.
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -6,21 +6,25 @@ the committed parts holds every input id exactly once.
 
 from __future__ import annotations
 
+import json
+import signal
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from structlog.testing import capture_logs
 
 from cluster import storage
-
 from cluster.model_cache import download as model_download
-
 from cluster.storage import s3
-from tests.support.s3_server import moto_server, s3_bucket  # noqa: F401
-from tests.support.two_node_cluster import two_node_cluster  # noqa: F401
+from jobs.manifest import parse_manifest
+from jobs.run.inference import run_job
+from tests.support.tiny_model import build_tiny_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3, pytest.mark.chaos]
 
@@ -36,18 +40,13 @@ TOTAL_SHARDS = SMALL_FILES + LARGE_GROUPS
 @pytest.fixture(scope="module")
 def data_bucket(moto_server):
     """A bucket holding the tiny model folder and the standard input set (written once)."""
-    from tests.support.tiny_model import build_tiny_model
-
     name = f"chaos-{uuid.uuid4().hex[:8]}"
     s3.client().create_bucket(Bucket=name)
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_tiny_model(Path(tmp) / "tiny", tokenizer="bpe")  # same model whatever is cached
         model_download.write_checksums(folder)
         for p in sorted(folder.iterdir()):
-            s3.put(f"s3://{name}/models/tiny/{p.name}", p.read_bytes())
+            s3.write_bytes(f"s3://{name}/models/tiny/{p.name}", p.read_bytes())
     fs, _ = storage.filesystem(f"s3://{name}")
     next_id = 0
     for i in range(SMALL_FILES):
@@ -68,8 +67,6 @@ def _rows(ids: list[int]) -> pa.Table:
 
 
 def _manifest(bucket: str, out: str, **overrides):
-    from jobs.manifest.schema import parse_manifest
-
     data = {
         "name": "chaos",
         "task": "summarize",
@@ -87,8 +84,6 @@ def _manifest(bucket: str, out: str, **overrides):
 
 
 def _run(manifest, cluster):
-    from jobs.run.inference import run_job
-
     return run_job(manifest, job_id=f"t-{uuid.uuid4().hex[:8]}", ray_address=cluster.address)
 
 
@@ -146,8 +141,6 @@ def _assert_every_id_once(out: str, expected: set[int]) -> None:
 
 
 def _success(out: str) -> dict:
-    import json
-
     return json.loads(storage.read_bytes(f"{out}/_SUCCESS.json"))
 
 
@@ -214,14 +207,10 @@ def test_output_modes_behave_the_same_on_s3_and_local(two_node_cluster, data_buc
 
 
 def json_at(out: str, name: str) -> dict:
-    import json
-
     return json.loads(storage.read_bytes(f"{out}/{name}"))
 
 
 def test_bad_schema_is_one_clear_error_before_any_work(moto_server, data_bucket):
-    from jobs.run.inference import run_job
-
     fs, _ = storage.filesystem(f"s3://{data_bucket}")
     pq.write_table(_rows([1, 2]), f"{data_bucket}/bad/ok.parquet", filesystem=fs)
     pq.write_table(pa.table({"id": [3], "body": ["x"]}), f"{data_bucket}/bad/no-text.parquet", filesystem=fs)
@@ -258,20 +247,25 @@ def test_null_empty_and_oversized_rows_are_row_errors(two_node_cluster, data_buc
 
 
 def test_actor_killed_mid_shard_is_retried_elsewhere(two_node_cluster, data_bucket):
-    import signal
-
     out = f"s3://{data_bucket}/out/actor-kill"
-    job = _Background(_manifest(data_bucket, out), two_node_cluster)
-    _wait_for_parts(out, 2)
-    deadline = time.monotonic() + 10
-    while not (busy := _busy_inference_actors(two_node_cluster)):
-        assert time.monotonic() < deadline, "no inference actor was working on a shard"
-        time.sleep(0.05)
-    _assert_mid_job(job, out)
-    busy[0].send_signal(signal.SIGKILL)
-    result = job.join()
+    with capture_logs() as events:  # the pool runs in this process: its structured events land here
+        job = _Background(_manifest(data_bucket, out), two_node_cluster)
+        _wait_for_parts(out, 2)
+        deadline = time.monotonic() + 10
+        while not (busy := _busy_inference_actors(two_node_cluster)):
+            assert time.monotonic() < deadline, "no inference actor was working on a shard"
+            time.sleep(0.05)
+        _assert_mid_job(job, out)
+        killed_at = time.time()
+        busy[0].send_signal(signal.SIGKILL)
+        result = job.join()
     assert result.status == "succeeded", result.error
     _assert_every_id_once(out, ALL_IDS)
+    # The kill cost a shard its first attempt, and a second attempt committed that shard.
+    lost = [e for e in events if e["event"] == "shard.actor_died"]
+    assert [e["attempt"] for e in lost] == [1], f"expected one shard to lose its actor once: {lost}"
+    retried = lost[0]["shard_id"]
+    assert _committed_at(out, f"part-{retried}.parquet") >= killed_at, f"shard {retried} was not redone"
 
 
 def test_node_killed_mid_job_its_shards_finish_elsewhere(two_node_cluster, data_bucket):
@@ -314,7 +308,7 @@ def _corrupt_second_row_group(bucket: str) -> tuple[str, set[int]]:
     start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
     data[start : start + col.total_compressed_size] = b"\xff" * col.total_compressed_size
     uri = f"s3://{bucket}/broken/poison.parquet"
-    s3.put(uri, bytes(data))
+    s3.write_bytes(uri, bytes(data))
     return uri, set(range(5050, 5100))
 
 

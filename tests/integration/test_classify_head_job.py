@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from jobs.manifest.schema import parse_manifest
+from jobs.manifest import parse_manifest
 from jobs.run.inference import run_job
 from tests.support.tiny_model import build_tiny_model
 from workers.inference.classifier_head import CLASSIFIER_FILE, LABELS_FILE, load_classifier

@@ -15,17 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from jobs.manifest.schema import parse_manifest
+from jobs.manifest import parse_manifest
 from jobs.run.inference import run_job
 from tests.support.paths import REPO
-from tests.support.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), tokenizer="bpe")
 
 
 def write_input(path: Path, rows: int, group: int, start: int = 0) -> Path:

@@ -9,23 +9,22 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.manifest.schema import parse_manifest
+from jobs.manifest import parse_manifest
 from jobs.run.inference import run_job
 from llm_core.baselines import lead_sentence
-from llm_core.metrics import compute_metrics
+from llm_core.metrics.compute import compute_metrics
+from tests.support.chromium import CHROMIUM, require_chromium
 from tests.support.paths import REPO
 
 pytestmark = pytest.mark.integration
 
 DATA = REPO / "tests" / "data"
-CHROMIUM = Path("/usr/bin/chromium")
 # A model reference that cannot load: a baseline job must never try.
 NO_MODEL = "/nonexistent/model-folder"
 
@@ -150,8 +149,7 @@ def test_report_command_and_chromium_render(summarize_job, tmp_path):
     assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "<link" not in page and "<script" not in page
 
-    if not CHROMIUM.exists():
-        pytest.skip("headless Chromium not installed at /usr/bin/chromium")
+    require_chromium()
     screenshot = tmp_path / "report.png"
     rendered = subprocess.run([
         str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

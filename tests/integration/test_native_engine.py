@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from llm_core.engine.native import NativeEngine
-from llm_core.engine.native import cuda_graphs
+from llm_core.engine.native import model_runner
 from llm_core.engine.native.cuda_graphs import DecodeGraphs
 from llm_core.engine.sampling import SamplingParams
+from tests.support.paths import REPO
 
 VOCAB = 256
 TINY = dict(
@@ -224,8 +225,7 @@ def test_builtin_model_greedy_matches_transformers_on_debian_prompts():
     from llm_core.tokenizer import ModelTokenizer
 
     folder = builtin_folder()
-    repo = Path(__file__).resolve().parents[2]
-    data = next((d for d in (repo / "examples/data/debian-summarize.parquet",
+    data = next((d for d in (REPO / "examples/data/debian-summarize.parquet",
                              Path("/work/shared/datasets/debian/summarize.parquet")) if d.exists()), None)
     if folder is None or data is None:
         pytest.skip("built-in model or Debian data not on disk")
@@ -274,7 +274,7 @@ def test_decode_graph_buffers_and_buckets_give_the_eager_tokens(llama, monkeypat
     eos = int(torch.bincount(torch.tensor(free_run)).argmax())  # ends sequences at different steps
     eager.eos_token_ids = (eos,)
     want = ids(eager.generate(batch, params))
-    monkeypatch.setattr(cuda_graphs, "DecodeGraphs", EagerDecodeGraphs)
+    monkeypatch.setattr(model_runner, "DecodeGraphs", EagerDecodeGraphs)
     graphed = NativeEngine(llama[0], device="cpu", dtype="float32", max_num_seqs=8)
     graphed.runner.use_cuda_graphs = True
     graphed.eos_token_ids = (eos,)

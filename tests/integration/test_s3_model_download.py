@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster.model_cache import download as model_download
-
 from cluster.storage import s3
-from tests.support.s3_server import moto_server, s3_bucket  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
@@ -21,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.s3]
 def _upload(folder: Path, uri: str) -> None:
     for p in sorted(folder.rglob("*")):
         if p.is_file():
-            s3.put(f"{uri}/{p.relative_to(folder).as_posix()}", p.read_bytes())
+            s3.write_bytes(f"{uri}/{p.relative_to(folder).as_posix()}", p.read_bytes())
 
 
 def _make_folder(tmp: Path) -> Path:

@@ -11,9 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster import storage
-
 from cluster.storage import s3
-from tests.support.s3_server import moto_server, s3_bucket  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 

@@ -1,5 +1,5 @@
 """The service end to end: a real Ray cluster that outlives it, uvicorn in a subprocess, real
-HTTP, the CLI. Jobs use echo_run_job (tests/service_fixtures.py), a small resumable runner."""
+HTTP, the CLI. Jobs use echo_run_job (tests/support/service_fixtures.py), a small resumable runner."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from jobs.cli.client import Client
 from tests.support.service_fixtures import (
-    RayCluster,
     Service,
     echo_manifest,
     output_ids,
@@ -20,13 +19,6 @@ from tests.support.service_fixtures import (
 )
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    cluster = RayCluster(num_cpus=2)
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture
@@ -40,14 +32,6 @@ def token(db, tmp_path) -> str:
                   str(tmp_path), "--db", db)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()[-1]
-
-
-@pytest.fixture
-def services():
-    started: list[Service] = []
-    yield started
-    for svc in started:
-        svc.stop()
 
 
 def start(services, *args, **kw) -> Service:
@@ -90,13 +74,19 @@ def test_cli_submit_wait_status_list_logs(ray_cluster, db, token, tmp_path, serv
     assert no_token.returncode == 1 and "HTTP 401" in no_token.stderr
 
 
-def test_kill9_mid_job_then_restart_reattaches(ray_cluster, db, token, tmp_path, services):
-    ids = write_inputs(tmp_path / "in", files=8)
+def _submit_then_kill_service(name, files, ray_cluster, db, token, tmp_path, services):
+    """Submit a slow echo job, let it commit two shards, then kill -9 the service; (ids, job id)."""
+    ids = write_inputs(tmp_path / "in", files=files)
     svc = start(services, db, ray_cluster.address, lease_s=600)
     c = Client(svc.url, token)
-    job_id = c.submit(echo_manifest("k9", tmp_path / "in", str(tmp_path / "out"), shard_delay_s=0.8))["job"]["id"]
+    job_id = c.submit(echo_manifest(name, tmp_path / "in", str(tmp_path / "out"), shard_delay_s=0.8))["job"]["id"]
     wait_for(lambda: (c.get(job_id).get("progress") or {}).get("shards_done", 0) >= 2)
     svc.kill9()
+    return ids, job_id
+
+
+def test_kill9_mid_job_then_restart_reattaches(ray_cluster, db, token, tmp_path, services):
+    ids, job_id = _submit_then_kill_service("k9", 8, ray_cluster, db, token, tmp_path, services)
     time.sleep(2.0)  # the runner keeps committing shards while no service watches it
     # A long lease: the new process must see that its predecessor on this host is dead and
     # adopt the job at once, not wait the lease out.
@@ -111,12 +101,7 @@ def test_kill9_mid_job_then_restart_reattaches(ray_cluster, db, token, tmp_path,
 
 
 def test_runner_lost_while_service_down_is_requeued_and_resumes(ray_cluster, db, token, tmp_path, services):
-    ids = write_inputs(tmp_path / "in", files=6)
-    svc = start(services, db, ray_cluster.address, lease_s=600)
-    c = Client(svc.url, token)
-    job_id = c.submit(echo_manifest("lost", tmp_path / "in", str(tmp_path / "out"), shard_delay_s=0.8))["job"]["id"]
-    wait_for(lambda: (c.get(job_id).get("progress") or {}).get("shards_done", 0) >= 2)
-    svc.kill9()
+    ids, job_id = _submit_then_kill_service("lost", 6, ray_cluster, db, token, tmp_path, services)
     os.kill(runs(tmp_path / "out")[0]["pid"], 9)  # the runner's worker process dies too
     svc2 = start(services, db, ray_cluster.address, lease_s=600)
     job = Client(svc2.url, token).wait(job_id, timeout_s=120)

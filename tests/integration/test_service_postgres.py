@@ -15,42 +15,14 @@ from jobs.cli.client import Client
 from jobs.service.store.job_store import Store, utcnow
 from jobs.service.store.tables import schedules as schedules_table
 from tests.support.service_fixtures import (
-    RayCluster,
     Service,
-    create_pg_database,
-    drop_pg_database,
     echo_manifest,
     output_ids,
-    postgres_available,
     runs,
     write_inputs,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    cluster = RayCluster(num_cpus=2)
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
-def pg_url():
-    if not postgres_available():
-        pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
-    name, url = create_pg_database()
-    yield url
-    drop_pg_database(name)
-
-
-@pytest.fixture
-def services():
-    started: list[Service] = []
-    yield started
-    for svc in started:
-        svc.stop()
 
 
 def test_two_services_never_start_a_job_twice(ray_cluster, pg_url, tmp_path, services):

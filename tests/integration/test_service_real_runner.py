@@ -11,17 +11,11 @@ import pytest
 from jobs.service.auth import create_token
 from jobs.cli.client import Client
 from jobs.service.store.job_store import Store
-from tests.support.service_fixtures import REPO, RayCluster, Service
+from tests.support.paths import REPO
+from tests.support.service_fixtures import Service
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 pytest.importorskip("jobs.run.inference")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    cluster = RayCluster(num_cpus=2)
-    yield cluster
-    cluster.stop()
 
 
 def test_kill9_mid_job_with_the_real_runner(ray_cluster, tmp_path):

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
-
-import pytest
 
 from jobs.service.store.job_store import NewJob, Store
-from tests.support.service_fixtures import REPO, Service
+from tests.support.chromium import CHROMIUM
+from tests.support.paths import REPO
+from tests.support.service_fixtures import Service
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -33,8 +31,7 @@ def _populate(store: Store) -> dict[str, str]:
     return ids
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (apt-get install chromium)")
-def test_status_page_in_headless_chromium(tmp_path):
+def test_status_page_in_headless_chromium(tmp_path, chromium):
     db = f"sqlite:///{tmp_path}/jobs.db"
     store = Store(db)
     ids = _populate(store)

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs.manifest.schema import parse_manifest
+from jobs.manifest import parse_manifest
+from jobs.run.results import JobProgress
 from jobs.run.training import run_training
+from tests.support.paths import REPO
 from workers.training import checkpoint as ckpt
-REPO = Path(__file__).resolve().parents[2]
+
 DATA = REPO / "examples" / "data"
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -47,7 +49,7 @@ def step_losses(events: list[dict]) -> dict[int, float]:
 def test_two_workers_loss_falls(ray_local, tmp_path, stage):
     events: list[dict] = []
     m = parse_manifest(tiny(tmp_path, deepspeed={"zero_stage": stage}))
-    result = run_training(m, job_id=f"t-zero{stage}", on_progress=events.append)
+    result = run_training(m, job_id=f"t-zero{stage}", on_progress=lambda p: events.append(p.to_dict()))
     assert result.status == "succeeded", result.error
     losses = step_losses(events)
     assert sorted(losses) == [5, 10, 15, 20, 25, 30]
@@ -64,7 +66,7 @@ def test_two_workers_loss_falls(ray_local, tmp_path, stage):
 def test_killed_worker_resumes_from_newest_checkpoint(ray_local, tmp_path):
     events: list[dict] = []
     m = parse_manifest(tiny(tmp_path, training={"max_steps": 20, "eval_every": None}, max_failures=1))
-    result = run_training(m, job_id="t-kill", on_progress=events.append, crash_at_step=12)
+    result = run_training(m, job_id="t-kill", on_progress=lambda p: events.append(p.to_dict()), crash_at_step=12)
     assert result.status == "succeeded", result.error
     # Killed after step 12 with checkpoints every 5: resumed from 10, lost 2 steps (< one interval).
     assert result.summary["resumed_from"] == [10]
@@ -169,8 +171,8 @@ def test_cancel_stops_at_a_log_step_and_keeps_a_checkpoint(ray_local, tmp_path):
 
     cancel = threading.Event()
 
-    def on_progress(state: dict) -> None:
-        if state.get("event") == "step" and state["step"] >= 5:
+    def on_progress(state: JobProgress) -> None:
+        if state.event == "step" and state.step >= 5:
             cancel.set()
 
     data = tiny(tmp_path, training={"max_steps": 200, "eval_every": None}, checkpoint={"every_steps": 100})

@@ -4,8 +4,6 @@ transformers, in llm_core's loader and in the classifier head with the trained m
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +14,11 @@ from llm_core.models.hf_export import hf_config_dict, to_hf_names
 from llm_core.models.loader import to_native_names
 from llm_core.models.rope import inverse_frequencies
 from llm_core.models.training import IGNORE_INDEX, chunked_cross_entropy
-from workers.training.model import SequenceClassifier, build_model, count_params, export_model
+from llm_core.models.batches import right_pad
+from llm_core.models.classifier import SequenceClassifier
+from workers.training.config import CheckpointSpec, DataSpec, DeepSpeedSpec, ModelSpec, Objective
+from workers.training.config import OptimizerSpec, TrainingConfig, TrainingSpec, TrainingTask
+from workers.training.model import build_model, count_params, export_model
 
 TINY = dict(
     vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -34,6 +36,14 @@ ARCHS = {
     )),
 }
 PARITY = ["llama-untied", "llama-tied", "qwen2-qkv-bias"]
+
+
+def training_config(task: TrainingTask, objective: Objective, model: ModelSpec = ModelSpec(),
+                    seq_len: int = 64) -> TrainingConfig:
+    """What build_model reads; the data and checkpoint locations are never opened here."""
+    return TrainingConfig(task=task, objective=objective, model=model, data=DataSpec(train="unused", seq_len=seq_len),
+                          optimizer=OptimizerSpec(), training=TrainingSpec(), deepspeed=DeepSpeedSpec(),
+                          checkpoint=CheckpointSpec(uri="unused"), output_uri="unused")
 
 
 def hf_and_native(arch: str, chunk_tokens: int = 2048):
@@ -179,11 +189,10 @@ def test_finetuned_classifier_exports_to_the_head_runner(tmp_path, model_type):
     """build_model (finetune) -> export -> workers.inference.classifier_head gives the module's probabilities."""
     from tests.support.tiny_model import build_tiny_model
     from workers.inference.classifier_head import load_classifier
-    from workers.training.data import collate
 
     base = build_tiny_model(tmp_path / "base", tokenizer="bpe", model_type=model_type)
-    manifest = SimpleNamespace(task="finetune", objective="classification", training=SimpleNamespace(compile=False))
-    module = build_model(manifest, None, base, ["a", "b", "c"], seed=3)
+    config = training_config(TrainingTask.FINETUNE, Objective.CLASSIFICATION, ModelSpec(uri=str(base)))
+    module = build_model(config, None, base, ["a", "b", "c"], seed=3)
     assert isinstance(module, SequenceClassifier)
     cfg = module.lm.config  # the loader builds on the meta device: the rotary buffer must be real
     assert torch.equal(module.lm.model.rotary.inv_freq, inverse_frequencies(cfg.rope, cfg.head_dim))
@@ -193,19 +202,18 @@ def test_finetuned_classifier_exports_to_the_head_runner(tmp_path, model_type):
     clf = load_classifier(tmp_path / "out", device="cpu")
     texts = ["Debian packages", "a batch job reads Parquet shards and writes results", "fox"]
     ids = [clf.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    batch = collate([{"input_ids": i, "label": 0} for i in ids], clf.tokenizer.pad_token_id)
+    input_ids, mask = right_pad(ids, clf.tokenizer.pad_token_id)
     with torch.no_grad():
-        want = torch.softmax(module.eval()(batch["input_ids"], batch["attention_mask"]), -1)
+        want = torch.softmax(module.eval()(input_ids, mask), -1)
     assert torch.allclose(torch.tensor(clf.predict_proba(texts)), want, atol=1e-5)
 
 
 def test_pretrain_weights_are_seeded_and_initialised():
-    spec = SimpleNamespace(hidden_size=64, intermediate_size=None, num_layers=2, num_heads=4, num_kv_heads=2,
-                           max_position_embeddings=None, rope_theta=10000.0, tie_embeddings=True)
-    manifest = SimpleNamespace(task="pretrain", objective="causal_lm", model=spec, data=SimpleNamespace(seq_len=64),
-                               training=SimpleNamespace(compile=False))
+    spec = ModelSpec(vocab="bpe", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, rope_theta=10000.0,
+                     tie_embeddings=True)
+    config = training_config(TrainingTask.PRETRAIN, Objective.CAUSAL_LM, spec, seq_len=64)
     tok = type("Tok", (), {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "__len__": lambda self: 300})()
-    a, b = (build_model(manifest, tok, None, None, seed=7) for _ in range(2))
+    a, b = (build_model(config, tok, None, None, seed=7) for _ in range(2))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     m = a.model
     assert m.lm_head.weight is m.embed_tokens.weight

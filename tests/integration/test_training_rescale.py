@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from jobs.manifest.schema import parse_manifest
+from jobs.manifest import parse_manifest
 from jobs.run.training import run_training
 from tests.integration.test_training import DATA, step_losses, tiny
 from workers.training import checkpoint as ckpt
@@ -58,7 +58,7 @@ def _rank(rank: int, world: int, port: int, stage: int, root: str, phase: str, u
     module = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 50))
     optimizer = build_optimizer(module, m.optimizer, offload=False)
     scheduler = build_scheduler(optimizer, 10, m.optimizer)
-    config = deepspeed_config(m, precision="fp32")
+    config = deepspeed_config(m.deepspeed, m.training, "fp32")
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=rescale.universal_config(config) if universal else config)
 
@@ -120,13 +120,14 @@ def test_job_resumes_on_another_worker_count(ray_local, tmp_path, stage, before,
 
     uri = str(tmp_path / "ckpt")
     first_events: list[dict] = []
-    first = run_training(manifest(before), job_id=f"t-rescale{stage}-a", on_progress=first_events.append,
-                         crash_at_step=10)
+    first = run_training(manifest(before), job_id=f"t-rescale{stage}-a",
+                         on_progress=lambda p: first_events.append(p.to_dict()), crash_at_step=10)
     assert first.status == "failed"  # crashed right after the step-10 checkpoint, no restarts allowed
     assert ckpt.latest_complete(uri) == 10 and ckpt.read_meta(uri, 10)["world_size"] == before
 
     events: list[dict] = []
-    second = run_training(manifest(after), job_id=f"t-rescale{stage}-b", on_progress=events.append)
+    second = run_training(manifest(after), job_id=f"t-rescale{stage}-b",
+                          on_progress=lambda p: events.append(p.to_dict()))
     assert second.status == "succeeded", second.error
     resumed = [(e["step"], e["from_world"], e["to_world"]) for e in events if e.get("event") == "resumed"]
     assert resumed == [(10, before, after)]

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -15,7 +14,8 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 INFRA = REPO / "infra"
 K8S = INFRA / "k8s"
 SCHEMAS = INFRA / "schemas"
@@ -23,8 +23,6 @@ DOCKERFILE = INFRA / "docker" / "Dockerfile"
 DOCKERIGNORE = INFRA / "docker" / "Dockerfile.dockerignore"
 LAUNCHER = INFRA / "ray-cluster" / "aws.yaml"
 KUSTOMIZATIONS = [K8S / "base", K8S / "overlays" / "production", K8S / "rayjob"]
-if str(REPO) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repo off the path
-    sys.path.insert(0, str(REPO))
 # Logical image names used in the manifests; kustomize `images:` maps them to a registry.
 IMAGES = {"llmbatch-cpu": "cpu", "llmbatch-cuda": "cuda"}
 GPU = "nvidia.com/gpu"

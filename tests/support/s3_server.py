@@ -4,7 +4,7 @@ Clients reach it only through its endpoint URL (boto3 and pyarrow, unpatched). S
 closes the listening socket and every open connection, so clients see a real outage
 (connection refused / reset); the objects survive because moto keeps them in this process.
 
-Usage in a test module: `from tests.support.s3_server import moto_server, s3_bucket  # noqa: F401`.
+Loaded by tests/conftest.py: a test asks for the `moto_server` or `s3_bucket` fixture by name.
 """
 
 from __future__ import annotations
@@ -19,11 +19,8 @@ import pytest
 from moto.server import DomainDispatcherApplication, MotoRequestHandler, ThreadedMotoServer, create_backend_app
 from werkzeug.serving import make_server
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cluster.storage import s3
+from tests.support.ports import free_port
 
 
 class _Tracking(MotoRequestHandler):
@@ -115,7 +112,6 @@ def moto_server():
 @pytest.fixture
 def s3_bucket(moto_server) -> str:
     """A fresh, empty bucket for one test; returns its name."""
-    from cluster.storage import s3
     name = f"t-{uuid.uuid4().hex[:12]}"
     s3.client().create_bucket(Bucket=name)
     return name

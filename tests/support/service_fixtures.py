@@ -20,21 +20,19 @@ import httpx
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 
-REPO = Path(__file__).resolve().parents[2]
+from cluster import storage
+from tests.support.paths import REPO
+from tests.support.ports import free_port
+
 PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-ECHO_RUNNER = "tests.service_fixtures:echo_run_job"
+ECHO_RUNNER = "tests.support.service_fixtures:echo_run_job"
 # Ray 2.60 turns on token auth for `ray start` whenever ~/.ray/auth_token exists (any local
 # ray.init() on this machine may create it); our cluster and its clients agree on "disabled".
 LOG_DIR = Path(tempfile.gettempdir()) / "llmbatch-test-services"  # one log per service process
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------
@@ -50,8 +48,6 @@ def postgres_available() -> bool:
 
 def create_pg_database() -> tuple[str, str]:
     """A fresh database on the local server; returns (name, url)."""
-    import sqlalchemy as sa
-
     name = f"llmbatch_test_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -61,8 +57,6 @@ def create_pg_database() -> tuple[str, str]:
 
 
 def drop_pg_database(name: str) -> None:
-    import sqlalchemy as sa
-
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -198,8 +192,6 @@ def echo_manifest(name: str, inputs: Path, output: str, *, shard_delay_s: float 
 def echo_run_job(manifest, *, job_id, ray_address=None, on_progress=None, cancel=None, show_progress=False):
     """One shard per input file, each committed once with put_if_absent as part-<n>.parquet;
     committed shards are skipped. Appends one line per call to _runs.log (the tests count them)."""
-    from cluster import storage
-
     out = manifest.output.uri
     delay = manifest.params.max_new_tokens / 100.0
     fail_runs = int(manifest.task.prompt_template.rsplit("#fail=", 1)[1])

@@ -12,6 +12,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from cluster.model_cache import models_dir
+
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -28,17 +33,11 @@ _CORPUS = [
 
 
 def _builtin_dir() -> Path | None:
-    try:
-        from cluster.model_cache import models_dir
-    except ImportError:
-        return None
     d = models_dir() / "smollm2-135m-instruct"
     return d if (d / "tokenizer.json").is_file() else None
 
 
 def _train_tokenizer(out: Path, vocab_size: int) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -70,9 +69,10 @@ def build_tiny_model(
     """
     if tokenizer not in ("auto", "bpe", "trained"):
         raise ValueError(f"tokenizer must be 'auto' or 'bpe', not {tokenizer!r}")
+    # torch and transformers take seconds to import, and this module is loaded by every test
+    # process (it provides the tiny_dir fixture): only a test that builds a model pays that.
     import torch
     from safetensors.torch import save_file
-    from tokenizers import Tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
 
     out = Path(out)
@@ -110,3 +110,9 @@ def build_tiny_model(
     config.update(model_type=model_type, architectures=[type(model).__name__], dtype="float32")
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with the small trained BPE tokenizer, built once per test module."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), tokenizer="bpe")

@@ -7,7 +7,7 @@ temp dir, its own auth token (Ray >= 2.59 turns token auth on for local clusters
 fixed-port service, and teardown that kills only the processes it started (never `ray stop`,
 which stops every Ray on the machine).
 
-Usage: `from tests.support.two_node_cluster import two_node_cluster  # noqa: F401`.
+Loaded by tests/conftest.py: a test asks for the `two_node_cluster` fixture by name.
 """
 
 from __future__ import annotations
@@ -24,24 +24,20 @@ from pathlib import Path
 
 import psutil
 import pytest
+import ray
+from ray._raylet import AuthenticationTokenLoader, Config
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+from tests.support.ports import free_port
+
 RAY = str(Path(sys.executable).parent / "ray")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TwoNodeCluster:
     def __init__(self, env: dict[str, str] | None = None, cpus_per_node: int = 1,
                  node_env: dict[str, dict[str, str]] | None = None):
         """env: for every node (and `ray` CLI calls); node_env: {"head"|"node2": env} on top."""
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         # Short: Ray puts unix sockets under it, and socket paths are limited to ~107 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="rlb", dir="/tmp")
@@ -77,7 +73,7 @@ class TwoNodeCluster:
 
     def _ray_start(self, *args: str, env: dict[str, str] | None = None) -> None:
         cmd = [RAY, "start", "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", "--disable-usage-stats",
-               f"--temp-dir={self.temp_dir}", f"--dashboard-agent-listen-port={_free_port()}", *args]
+               f"--temp-dir={self.temp_dir}", f"--dashboard-agent-listen-port={free_port()}", *args]
         proc = subprocess.run(cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=180)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -85,7 +81,7 @@ class TwoNodeCluster:
     def start(self, nodes: int = 2) -> "TwoNodeCluster":
         """Start the head, then (nodes=2) the second raylet; nodes=1 gives a one-node baseline."""
         self._ray_start("--head", f"--port={self.port}", "--include-dashboard=false",
-                        f"--dashboard-port={_free_port()}",
+                        f"--dashboard-port={free_port()}",
                         '--resources={"head": 1}', env=self.node_env.get("head"))
         if nodes == 2:
             self.start_node2()
@@ -120,8 +116,6 @@ class TwoNodeCluster:
         self.node2_pids = set()
 
     def alive_nodes(self) -> int:
-        import ray
-
         return sum(1 for n in ray.nodes() if n["Alive"])
 
     def wait_for_nodes(self, n: int, timeout: float = 60) -> None:
@@ -141,8 +135,6 @@ class TwoNodeCluster:
 
     def connect_driver(self) -> None:
         """Point this process at the cluster (env for ray.init; any earlier Ray session is closed)."""
-        import ray
-
         if ray.is_initialized():
             ray.shutdown()
         for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
@@ -168,24 +160,22 @@ class TwoNodeCluster:
 def _reload_ray_auth() -> None:
     """Ray reads RAY_AUTH_MODE/RAY_AUTH_TOKEN once per process; re-read them (what ray.init
     itself does when it turns token auth on) so a process that already imported ray can join."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
 
 
 @pytest.fixture(scope="module")
 def two_node_cluster(moto_server, tmp_path_factory):
-    """Head + second raylet, one CPU each, with the S3 server's settings in every worker's env.
+    """Head + second raylet, one CPU each, with the S3 server's credentials in every worker's env.
+
+    The nodes' env has no S3 endpoint: workers reach the server only through the S3Settings the
+    driver passes to the actors it starts (a worker that ignored them would miss the server).
 
     Module-scoped: the driver leaves this cluster (and Ray's auth settings are restored) when
     the module ends, so later tests that start their own local Ray are not joined to it."""
-    import ray
-
-    from cluster.storage import s3
     cache = tmp_path_factory.mktemp("node-cache")
-    env = {**s3.worker_env(), "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
-           "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"]}
+    env = {"AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
+           "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"], "AWS_ENDPOINT_URL": ""}
     # A model cache per node, as on separate machines: each node downloads a model once.
     node_env = {n: {"LLMBATCH_CACHE": str(cache / n)} for n in ("head", "node2")}
     saved_auth = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}

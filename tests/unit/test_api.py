@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jobs.api.app import create_app
+from jobs.lifecycle import JobState
 from jobs.service.auth import create_token
 from jobs.service.store.job_store import Store
 from tests.support.service_fixtures import create_pg_database, drop_pg_database, postgres_available
@@ -115,6 +116,18 @@ def test_idempotency_cancel_events_and_audit(env):
     actions = [(a["actor"], a["action"], a["detail"].get("outcome")) for a in env["store"].audit_lines(10)]
     assert ("alice", "submit", "created") in actions and ("alice", "submit", "existing") in actions
     assert ("bob", "cancel", "forbidden") in actions and sum(a[1] == "cancel" for a in actions) == 3
+
+
+def test_job_states_are_an_enum_in_the_openapi_schema(env):
+    spec = env["client"].get("/openapi.json").json()
+    states = [s.value for s in JobState]
+    assert spec["components"]["schemas"]["JobState"]["enum"] == states
+    ref = {"$ref": "#/components/schemas/JobState"}
+    assert spec["components"]["schemas"]["JobOut"]["properties"]["state"] == ref
+    listing = next(p for p in spec["paths"]["/v1/jobs"]["get"]["parameters"] if p["name"] == "state")
+    assert ref in listing["schema"]["anyOf"]
+    r = env["client"].get("/v1/jobs", params={"state": "partial-ish"}, headers=env["alice"])
+    assert r.status_code == 422 and r.json()["error"]["fields"][0]["path"] == "query.state"
 
 
 def test_metrics_healthz_and_status_page(env):

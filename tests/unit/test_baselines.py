@@ -18,9 +18,9 @@ from llm_core.baselines import (
     lead_sentence,
     lead_sentence_summaries,
 )
-from llm_core.metrics import accuracy, corpus_rouge
-
-DATA = Path(__file__).resolve().parents[1] / "data"
+from llm_core.metrics.classification import accuracy
+from llm_core.metrics.rouge import corpus_rouge
+from tests.support.paths import TEST_DATA as DATA
 
 
 @pytest.mark.parametrize(

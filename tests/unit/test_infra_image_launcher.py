@@ -18,15 +18,13 @@ import pytest
 import yaml
 
 
-from tests.support.infra_support import (  # noqa: F401
+from tests.support.infra_support import (
     REPO,
     DOCKERFILE,
     LAUNCHER,
     IMAGES,
-    GPU,
     yaml_files,
     load_all,
-    one,
     pod_specs,
     docker_stages,
     lineage,
@@ -80,10 +78,10 @@ def test_dockerfile_targets_share_python_and_run_llmbatch_as_non_root():
 
 def test_dockerignore_sends_only_the_package_sources():
     rules = dockerignore_rules()
-    for rel in ["pyproject.toml", "README.md", "jobs/cli.py", "llm_core/engine_api.py",
-                "cluster/storage.py", "workers/inference.py"]:
+    for rel in ["pyproject.toml", "README.md", "jobs/cli/main.py", "llm_core/engine/api.py",
+                "cluster/storage/s3.py", "workers/inference/actor.py"]:
         assert in_context(rel, rules), rel
-    for rel in [".venv/bin/python", ".git/HEAD", "tests/test_infra.py", "jobs/__pycache__/cli.pyc",
+    for rel in [".venv/bin/python", ".git/HEAD", "tests/test_infra.py", "jobs/cli/__pycache__/main.pyc",
                 "infra/docker/Dockerfile", ".env", "examples/data/x.parquet", "out/part-0.parquet"]:
         assert not in_context(rel, rules), rel
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 
-from tests.support.infra_support import (  # noqa: F401
+from tests.support.infra_support import (
     REPO,
     DOCKERFILE,
     KUSTOMIZATIONS,
@@ -33,7 +33,6 @@ from tests.support.infra_support import (  # noqa: F401
     image_uid,
     image_cache_path,
     schema_errors,
-    registry,
 )
 
 # ---- parsing and layout ----------------------------------------------------------------------
@@ -297,7 +296,7 @@ def test_pods_run_as_the_image_user_and_mount_the_model_cache():
 
 
 def test_rayjob_runs_a_valid_manifest_from_its_configmap():
-    from jobs.manifest.schema import parse_manifest_text
+    from jobs.manifest import parse_manifest_text
 
     job = one("RayJob")
     argv = shlex.split(job["spec"]["entrypoint"])

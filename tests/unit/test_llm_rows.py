@@ -7,12 +7,6 @@ import pytest
 from llm_core.llm import LLM
 from llm_core.engine.sampling import SamplingParams
 from llm_core.tasks import TaskSpec
-from tests.support.tiny_model import build_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), tokenizer="bpe")
 
 
 @pytest.mark.parametrize("engine", ["hf", "auto"])

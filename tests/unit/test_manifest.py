@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 
 import pytest
 
-from jobs.manifest.schema import InferenceManifest, ManifestError, load_manifest, parse_manifest, parse_manifest_text
+from jobs.manifest import InferenceManifest, ManifestError, load_manifest, parse_manifest, parse_manifest_text
 from tests.support.paths import REPO
 
 GOOD = {
@@ -111,3 +112,13 @@ def test_cli_validate_ok():
     proc = subprocess.run([sys.executable, "-m", "jobs.cli.main", "validate", "examples/summarize-debian.yaml"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.startswith("ok:")
+
+
+def test_manifest_error_keeps_every_error_through_pickle():
+    """It reaches a client from a Ray actor: pickled, and rebuilt from its fields."""
+    with pytest.raises(ManifestError) as info:
+        parse_manifest({**GOOD, "input": {"uri": ""}, "resources": {"wrokers": 2}})
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert copy.source == info.value.source and copy.errors == info.value.errors
+    assert str(copy) == str(info.value)
+    assert {e.path for e in copy.errors} == {"input.uri", "resources.wrokers"}

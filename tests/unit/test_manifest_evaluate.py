@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.manifest.schema import ManifestError, parse_manifest
+from jobs.manifest import ManifestError, parse_manifest
 
 BASE = {"name": "ok", "task": "summarize", "input": {"uri": "data/x.parquet"}, "output": {"uri": "out/x"}}
 CLASSIFY = {"kind": "classify", "labels": ["perl", "python"]}

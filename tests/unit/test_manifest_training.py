@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 
-from jobs.manifest.schema import load_manifest, parse_manifest
-from jobs.manifest.errors import ManifestError
-from jobs.manifest.training import TrainingManifest
+from jobs.manifest import ManifestError, TrainingManifest, load_manifest, parse_manifest
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 
 BASE = {
     "version": 1,

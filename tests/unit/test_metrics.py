@@ -1,9 +1,11 @@
-"""Metrics: ROUGE against the `rouge-score` package, BLEU/chrF wiring to sacrebleu,
-classification metrics against scikit-learn, and `compute_metrics`' row accounting."""
+"""Metrics: ROUGE wiring to the `rouge-score` package (stemming included, which must work in a
+plain install), BLEU/chrF wiring to sacrebleu, classification metrics against scikit-learn's
+definitions, and `compute_metrics`' row accounting."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,11 +13,12 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from llm_core.baselines import lead_sentence
-from llm_core.metrics import DEFAULT_METRICS, compute_metrics
+from llm_core.metrics import DEFAULT_METRICS
 from llm_core.metrics.classification import accuracy, confusion_matrix, macro_f1, per_label_scores
-from llm_core.metrics.rouge import corpus_rouge, lcs_length, rouge_pair, tokenize
+from llm_core.metrics.compute import compute_metrics
+from llm_core.metrics.rouge import corpus_rouge, rouge_pair
+from tests.support.paths import REPO, TEST_DATA as DATA
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 ROUGE_TYPES = ["rouge1", "rouge2", "rougeL"]
 
 
@@ -49,17 +52,28 @@ def test_rouge_matches_rouge_score_package_per_pair(use_stemmer: bool) -> None:
                 ), (rouge_type, field, reference, prediction)
 
 
-def test_tokenize_matches_rouge_score_rules() -> None:
-    assert tokenize("Hello, World! x86_64 C++") == ["hello", "world", "x86", "64", "c"]
+def test_rouge_tokenization_rules() -> None:
+    # Every run outside [a-z0-9] separates words, after lowercasing.
+    assert rouge_pair("Hello, World! x86_64 C++", "hello world x86 64 c", ["rouge1"])["rouge1"].fmeasure == 1.0
     # Accented letters are outside [a-z0-9] after lowercasing, so they split words.
-    assert tokenize("Café") == ["caf"]
-    assert tokenize("running quickly", use_stemmer=True) == ["run", "quickli"]
+    assert rouge_pair("Café", "caf", ["rouge1"])["rouge1"].fmeasure == 1.0
 
 
-def test_lcs_length_known_values() -> None:
-    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
-    assert lcs_length([], ["a"]) == 0
-    assert lcs_length(["a", "b"], ["a", "b"]) == 2
+def test_rouge_stemming_works_in_a_plain_install() -> None:
+    """`evaluate.use_stemmer: true`: Porter stems (running -> run, runners -> runner,
+    quickly -> quickli; 'ran' is too short to stem) turn 1 shared word of 4 into 3 of 4."""
+    reference, prediction = "Running runners ran quickly", "the runner runs quickly"
+    plain = compute_metrics("summarize", [prediction], [reference], ["rouge1"])
+    stemmed = compute_metrics("summarize", [prediction], [reference], ["rouge1"], use_stemmer=True)
+    assert plain["rouge1"] == pytest.approx(0.25)
+    assert stemmed["rouge1"] == pytest.approx(0.75)
+
+
+def test_rouge_l_is_the_longest_common_subsequence() -> None:
+    # LCS of ABCBDAB and BDCABA is 4 (e.g. BCBA): precision 4/6, recall 4/7.
+    score = rouge_pair(" ".join("ABCBDAB"), " ".join("BDCABA"), ["rougeL"])["rougeL"]
+    assert (score.precision, score.recall) == pytest.approx((4 / 6, 4 / 7))
+    assert rouge_pair("", "a", ["rougeL"])["rougeL"].fmeasure == 0.0
 
 
 def test_corpus_rouge_is_mean_of_pair_fmeasures() -> None:
@@ -183,3 +197,12 @@ def test_compute_metrics_refuses_bad_arguments() -> None:
         compute_metrics("summarize", ["a"], ["a"], metrics=["meteor"])
     with pytest.raises(ValueError, match="2 predictions but 1 references"):
         compute_metrics("summarize", ["a", "b"], ["a"])
+
+
+def test_metric_names_load_without_the_scoring_libraries() -> None:
+    """Manifest checks import llm_core.metrics for the names; scikit-learn and rouge-score
+    take seconds to import, so they must load only with llm_core.metrics.compute."""
+    code = "import sys, llm_core.metrics; print(sorted({'sklearn', 'rouge_score', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=REPO)
+    assert out.stdout.strip() == "[]"

@@ -15,11 +15,11 @@ import pytest
 from matplotlib import image as matplotlib_image
 
 from llm_core.baselines import TfidfClassifier, lead_sentence
-from llm_core.metrics import compute_metrics
+from llm_core.metrics.compute import compute_metrics
 from llm_core.report import ReportColumns, render_report
+from tests.support.chromium import CHROMIUM
+from tests.support.paths import TEST_DATA as DATA
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-CHROMIUM = Path("/usr/bin/chromium")
 HOSTILE_OUTPUT = "<script>alert('x')</script> & <b>bold</b>"
 
 
@@ -112,9 +112,7 @@ def test_report_takes_inputs_from_a_text_column_and_checks_arguments() -> None:
         render_report(rows, None, None, inputs=["only one"])
 
 
-def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip("headless Chromium not installed at /usr/bin/chromium (Debian package 'chromium')")
+def test_report_renders_in_headless_chromium(tmp_path: Path, chromium: Path) -> None:
     report = tmp_path / "report.html"
     report.write_text(render_summarize_report(), encoding="utf-8")
     screenshot = tmp_path / "report.png"

@@ -9,8 +9,10 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from jobs.lifecycle import IllegalTransition, JobState
 from jobs.service.store.job_store import IdempotencyConflict, NewJob, Store, utcnow
-from tests.support.service_fixtures import create_pg_database, drop_pg_database, postgres_available
+from jobs.service.store.tables import jobs
+from tests.support.control_plane import fresh_pg_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -18,11 +20,8 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/jobs.db"
         return
-    if not postgres_available():
-        pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
-    name, url = create_pg_database()
-    yield url
-    drop_pg_database(name)
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -151,3 +150,22 @@ def test_events_progress_and_audit(store):
     store.audit("alice", "submit", j["id"], {"outcome": "created"})
     assert store.audit_lines(1)[0]["action"] == "submit"
     assert store.count_by_state() == {"running": 1}
+
+
+def test_an_illegal_move_raises_and_changes_nothing(store):
+    j = store.submit(job(max_attempts=3))[0]
+    store.claim(j["id"], "s1", lease_s=30)
+    assert store.request_cancel(j["id"]) == JobState.CANCELLING
+    before, events = store.get(j["id"]), store.events(j["id"])
+    with pytest.raises(IllegalTransition):  # a cancelling job is never re-queued for a retry
+        store.finish(j["id"], "s1", JobState.QUEUED, message="retry", error="boom", failed_run=True)
+    with pytest.raises(IllegalTransition):  # and finish never starts a job
+        store.finish(j["id"], "s1", JobState.RUNNING, message="again")
+    assert store.get(j["id"]) == before and store.events(j["id"]) == events
+    assert isinstance(before["state"], JobState) and before["state"] is JobState.CANCELLING
+    assert store.finish(j["id"], "s1", JobState.CANCELLED, message="cancelled")
+    assert store.get(j["id"])["state"] is JobState.CANCELLED
+    assert not store.finish(j["id"], "s1", JobState.FAILED, message="late")  # no longer held: not its say
+    with pytest.raises(sa.exc.StatementError, match="not a valid JobState"), store.engine.begin() as conn:
+        conn.execute(sa.update(jobs).where(jobs.c.id == j["id"]).values(state="partial-ish"))
+    assert store.get(j["id"])["state"] is JobState.CANCELLED

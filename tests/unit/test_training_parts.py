@@ -4,12 +4,11 @@ bookkeeping, the DeepSpeed config, throughput arithmetic."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
 
-from jobs.manifest.schema import parse_manifest
+from jobs.manifest import parse_manifest
 from workers.training import checkpoint as ckpt
 from workers.training.data import (
     IGNORE,
@@ -21,9 +20,9 @@ from workers.training.data import (
 )
 from workers.training.deepspeed import deepspeed_config
 from workers.training.metrics import flops_per_token, mfu
+from tests.support.paths import REPO
 from workers.training.optim import lr_factor
 
-REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = str(REPO / "examples" / "data" / "debian-pretrain-sample.parquet")
 
 
@@ -67,7 +66,7 @@ def test_epoch_order_is_deterministic_and_changes_per_epoch():
 
 
 def test_resume_skip_sees_exactly_the_remaining_batches():
-    m = manifest()
+    m = manifest().training_config()
     enc = Encoder(m, CharTokenizer(), None)
     full = list(itertools.islice(train_batches(m, enc, 1, 2, skip=0), 12))
     resumed = list(itertools.islice(train_batches(m, enc, 1, 2, skip=7), 5))
@@ -76,13 +75,13 @@ def test_resume_skip_sees_exactly_the_remaining_batches():
 
 
 def test_packing_fills_every_sequence():
-    m = manifest()
+    m = manifest().training_config()
     batch = next(train_batches(m, Encoder(m, CharTokenizer(), None), 0, 1))
     assert batch["input_ids"].shape == (4, 32) and bool(batch["attention_mask"].all())
 
 
 def test_sft_masks_the_prompt():
-    m = manifest(objective="sft", data={"train": PRETRAIN, "seq_len": 64})
+    m = manifest(objective="sft", data={"train": PRETRAIN, "seq_len": 64}).training_config()
     sample = Encoder(m, CharTokenizer(), None)._sft({"prompt": "abc", "response": "xy"})
     assert sample["labels"][:4] == [IGNORE] * 4  # "abc\n"
     assert sample["labels"][4:] == sample["input_ids"][4:] and sample["labels"][-1] == 1
@@ -119,7 +118,7 @@ def test_checkpoint_listing_ignores_incomplete_and_prunes(tmp_path):
 
 def test_deepspeed_config_merges_override_last():
     m = manifest(deepspeed={"zero_stage": 3, "override": {"zero_optimization": {"stage3_max_live_parameters": 5}}})
-    cfg = deepspeed_config(m, precision="bf16")
+    cfg = deepspeed_config(m.deepspeed, m.training, "bf16")
     assert cfg["zero_optimization"]["stage"] == 3 and cfg["zero_optimization"]["stage3_max_live_parameters"] == 5
     assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"]
     assert cfg["train_micro_batch_size_per_gpu"] == 4
@@ -150,7 +149,8 @@ def test_universal_load_only_for_zero_state_on_another_world_size():
     assert rescale.needs_universal(zero_stage=3, written_by=1, world=2)
     assert not rescale.needs_universal(zero_stage=2, written_by=2, world=2)
     assert not rescale.needs_universal(zero_stage=0, written_by=2, world=1)  # whole copies on every rank
-    base = deepspeed_config(manifest(deepspeed={"zero_stage": 3}))
+    m = manifest(deepspeed={"zero_stage": 3})
+    base = deepspeed_config(m.deepspeed, m.training, "fp32")
     cfg = rescale.universal_config(base)
     assert cfg["checkpoint"] == {"load_universal": True} and "checkpoint" not in base
     assert cfg["zero_optimization"] == base["zero_optimization"]

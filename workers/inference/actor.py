@@ -14,9 +14,7 @@ import time
 import pyarrow as pa
 import structlog
 
-from cluster import storage
 from llm_core.llm import LLM, RowResult
-from workers.output import commit
 from workers.inference.classifier_head import is_classifier, load_classifier
 from workers.model_resolver import resolve_model
 from workers.inference.shard_task import ShardReport, ShardWork
@@ -70,7 +68,7 @@ class ShardProcessor:
     def process(self, shard: Shard, work: ShardWork) -> ShardReport:
         bound = log.bind(job_id=work.job_id, shard_id=shard.shard_id)
         report = ShardReport(shard.shard_id, committed=False, actor=self.name, node=socket.gethostname())
-        if storage.exists(commit.part_uri(work.output_uri, shard.shard_id)):  # an earlier attempt won
+        if work.output.has_part(shard.shard_id):  # an earlier attempt won
             report.already_committed = True
             return report
         t0 = time.perf_counter()
@@ -82,7 +80,7 @@ class ShardProcessor:
                                     on_long_input=work.on_long_input, target_languages=languages)
         t2 = time.perf_counter()
         out = output_table(work, table.column(work.id_column), results, (t2 - t1) / max(len(results), 1))
-        report.committed = commit.commit_part(work.output_uri, shard.shard_id, out)
+        report.committed = work.output.commit_part(shard.shard_id, out)
         report.already_committed = not report.committed
         t3 = time.perf_counter()
         report.rows = len(results)
@@ -103,10 +101,11 @@ def make_actor_class():
 
     @ray.remote(max_restarts=0, max_task_retries=0)
     class InferenceActor:
-        def __init__(self, *args, **kwargs):
-            from cluster import logs
+        def __init__(self, s3_settings, *args, **kwargs):
+            from cluster import logs, storage
 
             logs.ensure_configured()
+            storage.use_s3_settings(s3_settings)  # the driver's, before anything reads storage
             self.processor = ShardProcessor(*args, **kwargs)
 
         def ready(self) -> str:

@@ -25,7 +25,7 @@ from cluster import storage
 from llm_core.baselines import TfidfClassifier, identity_translation, lead_sentence
 from llm_core.llm import RowResult
 from llm_core.engine.sampling import SamplingParams
-from llm_core.tasks import TaskSpec, screen_rows
+from llm_core.tasks import TaskKind, TaskSpec, screen_rows
 
 log = structlog.get_logger()
 
@@ -105,11 +105,11 @@ class BaselineRunner:
         return results  # type: ignore[return-value]
 
     def _outputs(self, spec: TaskSpec, texts: list[str]) -> list[str]:
-        if spec.kind == "summarize":
+        if spec.kind == TaskKind.SUMMARIZE:
             return [lead_sentence(text) for text in texts]
-        if spec.kind == "translate":
+        if spec.kind == TaskKind.TRANSLATE:
             return [identity_translation(text) for text in texts]
-        if spec.kind == "classify":
+        if spec.kind == TaskKind.CLASSIFY:
             if self.classifier is None:
                 raise RuntimeError("classify baseline without a fitted classifier (task.train_uri)")
             return self.classifier.predict(texts)

@@ -1,10 +1,9 @@
 """Run a fine-tuned classification model folder: texts -> labels through its trained head.
 
-A folder is a classifier when its config.json says `"llmbatch_task": "classification"`; it then
-holds classifier.safetensors (head weight [labels, hidden] and bias) and labels.json (the label of
-each output row, in order). The text is tokenized exactly as in training (no chat template, no
-special tokens, cut to `max_tokens`), run through the language model's decoder, and the final
-hidden state of the last real token goes through the head; the label is the argmax.
+What makes a folder a classifier, and the module, are llm_core.models.classifier's (shared with
+training). The text is tokenized exactly as in training (no chat template, no special tokens, cut
+to `max_tokens`), run through the language model's decoder, and the final hidden state of the last
+real token goes through the head; the label is the argmax.
 """
 
 from __future__ import annotations
@@ -14,14 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from workers.training.data import collate
-from workers.training.model import CLASSIFIER_FILE, LABELS_FILE, SequenceClassifier, load_tokenizer
+from llm_core.device import pick_device, pick_dtype
+from llm_core.llm import RowResult
+from llm_core.models import TrainableCausalLM, load_model
+from llm_core.models.batches import right_pad
+from llm_core.models.classifier import CLASSIFIER_FILE, LABELS_FILE, SequenceClassifier, is_classifier
+from llm_core.tasks import TaskKind, screen_rows
+from llm_core.tokenizer import load_hf_tokenizer
 
-
-def is_classifier(model_dir: str | Path) -> bool:
-    config = Path(model_dir) / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("llmbatch_task") == "classification"
+__all__ = ["CLASSIFIER_FILE", "LABELS_FILE", "Classifier", "HeadEngine", "is_classifier", "load_classifier"]
 
 
 @dataclass(frozen=True)
@@ -37,18 +39,14 @@ class Classifier:
 
     def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16, max_tokens: int | None = None):
-        from safetensors.torch import load_file
-
-        from llm_core.models import TrainableCausalLM, load_model, resolve_device, resolve_dtype
-
         model_dir = Path(model_dir)
         if not is_classifier(model_dir):
             raise ValueError(f"{model_dir} is not a classification model (no llmbatch_task in config.json)")
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
         self.labels: list[str] = json.loads((model_dir / LABELS_FILE).read_text())
-        self.tokenizer = load_tokenizer(model_dir)
-        # The module that was trained (workers.training.model): llm_core's decoder (Llama, Qwen2
+        self.tokenizer = load_hf_tokenizer(model_dir)
+        # The module that was trained (llm_core.models.classifier): llm_core's decoder (Llama, Qwen2
         # and Mistral alike) and the head on the last real token's state. lm_head is never called.
         model, _ = load_model(model_dir, self.device, self.dtype)
         head = load_file(str(model_dir / CLASSIFIER_FILE))
@@ -70,8 +68,8 @@ class Classifier:
         out: list[list[float] | None] = [None] * len(ids)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            batch = collate([{"input_ids": ids[i], "label": 0} for i in chunk], self.tokenizer.pad_token_id)
-            logits = self.module(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            input_ids, mask = right_pad([ids[i] for i in chunk], self.tokenizer.pad_token_id)
+            logits = self.module(input_ids.to(self.device), mask.to(self.device))
             probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()
             for i, p in zip(chunk, probs):
                 out[i] = p
@@ -79,7 +77,6 @@ class Classifier:
 
     def predict(self, texts: list[str]) -> list[str]:
         return [self.labels[max(range(len(p)), key=p.__getitem__)] for p in self.predict_proba(texts)]
-
 
     def check_labels(self, labels) -> None:
         """A classify job's labels must be the head's (any order): the head can answer no other."""
@@ -89,10 +86,7 @@ class Classifier:
 
     def run_task(self, spec, texts: list, params=None, **_ignored) -> list:
         """One llm_core RowResult per text, as LLM.run_task gives: the label, or an error for a bad row."""
-        from llm_core.llm import RowResult
-        from llm_core.tasks import screen_rows
-
-        if spec.kind != "classify":
+        if spec.kind != TaskKind.CLASSIFY:
             raise ValueError(f"a classification model runs classify jobs only, not {spec.kind}")
         self.check_labels(spec.labels)
         errors, good = screen_rows(spec, texts)

@@ -18,7 +18,7 @@ import ray
 import structlog
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from cluster.storage import s3
+from cluster import storage
 from workers.inference.actor import make_actor_class
 from workers.inference.shard_task import ShardReport, ShardWork
 from workers.inference.shards import Shard
@@ -48,6 +48,8 @@ class PoolConfig:
     max_attempts: int = 3
     stop_on_failure: bool = True
     actor_start_timeout_s: float = 900.0
+    # Built from the driver's environment, sent to every actor (never credentials).
+    s3_settings: storage.S3Settings = field(default_factory=storage.s3_settings)
 
 
 def _reason(exc: BaseException) -> str:
@@ -70,10 +72,9 @@ class ActorPool:
         self.start_errors: list[str] = []
 
     def _start_actor(self) -> None:
-        # Actors on other nodes must see the S3 endpoint/region the driver was given (never keys).
-        actor = self.actor_cls.options(num_cpus=self.config.num_cpus, num_gpus=self.config.num_gpus,
-                                       runtime_env={"env_vars": s3.worker_env()} if s3.worker_env() else None).remote(
-            *self.config.actor_args, **self.config.actor_kwargs
+        # Actors on other nodes must use the S3 endpoint/region the driver was given.
+        actor = self.actor_cls.options(num_cpus=self.config.num_cpus, num_gpus=self.config.num_gpus).remote(
+            self.config.s3_settings, *self.config.actor_args, **self.config.actor_kwargs
         )
         self.all_actors.append(actor)
         self.starting[actor.ready.remote()] = (actor, time.monotonic())

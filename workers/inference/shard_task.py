@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 from llm_core.engine.sampling import SamplingParams
 from llm_core.tasks import TaskSpec
+from workers.output.location import OutputLocation
 
 
 @dataclass(frozen=True)
 class ShardWork:
     job_id: str
-    output_uri: str
+    output: OutputLocation
     task: TaskSpec
     sampling: SamplingParams
     id_column: str
@@ -23,6 +24,10 @@ class ShardWork:
     language_column: str | None = None
     max_input_tokens: int | None = None
     on_long_input: str = "truncate"
+
+    @property
+    def output_uri(self) -> str:
+        return self.output.uri
 
     @property
     def input_columns(self) -> list[str]:

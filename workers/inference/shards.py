@@ -7,13 +7,13 @@ an earlier run committed, and what lets a retried attempt collide with the first
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster import storage
+from cluster.hashing import text_sha256
 
 
 class InputSchemaError(ValueError):
@@ -38,7 +38,7 @@ def shard_id(ref: storage.FileRef, row_start: int, row_end: int) -> str:
     # Local mtimes change on copy/checkout without the content changing: use size only there.
     version = ref.version if storage.is_s3(ref.uri) else ""
     key = f"{ref.uri}|{ref.size}|{version}|{row_start}-{row_end}"
-    return hashlib.sha256(key.encode()).hexdigest()[:20]
+    return text_sha256(key)[:20]
 
 
 def open_parquet(uri: str) -> pq.ParquetFile:

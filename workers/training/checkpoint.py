@@ -19,7 +19,9 @@ from pathlib import Path
 import structlog
 
 from cluster import storage
+from cluster.storage import s3
 from workers.training import rescale
+
 log = structlog.get_logger()
 
 COMPLETE = "_COMPLETE"
@@ -34,7 +36,6 @@ def tag(step: int) -> str:
 def _tree(uri: str) -> list[str]:
     """Relative names of every object under a folder/prefix, nested ones included."""
     if storage.is_s3(uri):
-        from cluster.storage import s3
         prefix = uri.rstrip("/") + "/"
         return sorted(r.uri[len(prefix):] for r in s3.list_objects(prefix))
     root = Path(storage.normalize(uri))
@@ -66,6 +67,7 @@ def read_meta(uri: str, step: int) -> dict:
 
 def save(engine, uri: str, step: int, meta: dict, rank: int, keep: int, log=log) -> None:
     """Collective: every rank must call it at the same step."""
+    # Lazy: deepspeed takes seconds to import; only a worker saving a checkpoint needs it here.
     import deepspeed.comm as dist
 
     local = Path(tempfile.mkdtemp(prefix=f"llmbatch-ckpt-r{rank}-"))

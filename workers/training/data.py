@@ -18,7 +18,9 @@ import pyarrow.parquet as pq
 import torch
 
 from cluster import storage
+from llm_core.models.batches import right_pad
 from llm_core.models.training import IGNORE_INDEX
+from workers.training.config import DataSpec, Objective, TrainingConfig
 
 IGNORE = IGNORE_INDEX  # label value the loss skips: the one llm_core's training module uses
 
@@ -56,7 +58,7 @@ def _read_unit(unit: Unit, columns: list[str]) -> list[dict]:
         return pf.read_row_group(unit.row_group, columns=present).to_pylist()
 
 
-def is_holdout(row: dict, data) -> bool:
+def is_holdout(row: dict, data: DataSpec) -> bool:
     """Deterministic eval split by a hash of the row id (or text when there is no id)."""
     key = str(row.get(data.id_column) or row.get(data.text_column) or row.get(data.prompt_column))
     return zlib.crc32(key.encode()) % 10_000 < data.eval_fraction * 10_000
@@ -86,19 +88,18 @@ def rank_rows(units: list[Unit], columns: list[str], rank: int, world: int, seed
 class Encoder:
     """Rows -> samples {input_ids, labels} (causal_lm, sft) or {input_ids, label} (classification)."""
 
-    def __init__(self, manifest, tokenizer, labels: list[str] | None):
-        self.m, self.tok, self.data = manifest, tokenizer, manifest.data
+    def __init__(self, config: TrainingConfig, tokenizer, labels: list[str] | None):
+        self.objective, self.tok, self.data = config.objective, tokenizer, config.data
         self.label_index = {l: i for i, l in enumerate(labels or [])}
         self.eos = tokenizer.eos_token_id
-        self.seq_len = manifest.data.seq_len
+        self.seq_len = config.data.seq_len
         self.columns = [self.data.id_column, self.data.text_column, self.data.prompt_column,
                         self.data.response_column, self.data.label_column]
 
     def samples(self, rows: Iterator[dict]) -> Iterator[dict]:
-        obj = self.m.objective
-        if obj == "causal_lm":
+        if self.objective == Objective.CAUSAL_LM:
             yield from (self._documents(rows) if self.data.packing is False else self._packed(rows))
-        elif obj == "sft":
+        elif self.objective == Objective.SFT:
             yield from filter(None, (self._sft(r) for r in rows))
         else:
             yield from filter(None, (self._classify(r) for r in rows))
@@ -153,20 +154,12 @@ class Encoder:
 
 def collate(samples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sample; labels of padding are IGNORE."""
-    width = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    ids, mask = right_pad([s["input_ids"] for s in samples], pad_id)
     out = {"input_ids": ids, "attention_mask": mask}
     if "labels" in samples[0]:
-        out["labels"] = torch.full((len(samples), width), IGNORE, dtype=torch.long)
+        out["labels"], _ = right_pad([s["labels"] for s in samples], IGNORE)
     else:
         out["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
-    for i, s in enumerate(samples):
-        n = len(s["input_ids"])
-        ids[i, :n] = torch.tensor(s["input_ids"])
-        mask[i, :n] = 1
-        if "labels" in out:
-            out["labels"][i, :n] = torch.tensor(s["labels"])
     return out
 
 
@@ -181,16 +174,17 @@ def _batches(samples: Iterator[dict], size: int, pad_id: int) -> Iterator[dict]:
         yield collate(batch, pad_id)
 
 
-def train_batches(manifest, encoder: Encoder, rank: int, world: int, skip: int = 0) -> Iterator[dict]:
+def train_batches(config: TrainingConfig, encoder: Encoder, rank: int, world: int,
+                  skip: int = 0) -> Iterator[dict]:
     """Endless micro-batches of this rank; the first `skip` (already trained on) are dropped."""
-    data, seed = manifest.data, manifest.training.seed
+    data, seed = config.data, config.training.seed
     units = list_units(data.train)
     keep = (lambda r: not is_holdout(r, data)) if data.eval_fraction else None
     epoch, produced = 0, 0
     while True:
         rows = rank_rows(units, encoder.columns, rank, world, seed, epoch, keep)
         empty = True
-        for batch in _batches(encoder.samples(rows), manifest.training.micro_batch, encoder.tok.pad_token_id):
+        for batch in _batches(encoder.samples(rows), config.training.micro_batch, encoder.tok.pad_token_id):
             empty = False
             produced += 1
             if produced > skip:
@@ -200,40 +194,41 @@ def train_batches(manifest, encoder: Encoder, rank: int, world: int, skip: int =
         epoch += 1
 
 
-def eval_batches(manifest, encoder: Encoder, rank: int, world: int) -> list[dict]:
+def eval_batches(config: TrainingConfig, encoder: Encoder, rank: int, world: int) -> list[dict]:
     """This rank's eval micro-batches (at most training.eval_max_batches); [] if no eval data."""
-    data = manifest.data
+    data, loop = config.data, config.training
     if data.eval is not None:
         units, keep = list_units(data.eval), None
     elif data.eval_fraction:
         units, keep = list_units(data.train), (lambda r: is_holdout(r, data))
     else:
         return []
-    rows = rank_rows(units, encoder.columns, rank, world, manifest.training.seed, 0, keep)
+    rows = rank_rows(units, encoder.columns, rank, world, loop.seed, 0, keep)
     out = []
-    for batch in _batches(encoder.samples(rows), manifest.training.micro_batch, encoder.tok.pad_token_id):
+    for batch in _batches(encoder.samples(rows), loop.micro_batch, encoder.tok.pad_token_id):
         out.append(batch)
-        if len(out) >= manifest.training.eval_max_batches:
+        if len(out) >= loop.eval_max_batches:
             break
     return out
 
 
-def discover_labels(manifest) -> list[str]:
-    """The manifest's labels, else the sorted distinct labels of the training data."""
-    if manifest.data.labels:
-        return list(manifest.data.labels)
+def discover_labels(data: DataSpec) -> list[str]:
+    """The configured labels, else the sorted distinct labels of the training data."""
+    if data.labels:
+        return list(data.labels)
+    column = data.label_column
     found: set[str] = set()
-    for unit in list_units(manifest.data.train):
-        found |= {r[manifest.data.label_column] for r in _read_unit(unit, [manifest.data.label_column])
-                  if r.get(manifest.data.label_column) is not None}
+    for unit in list_units(data.train):
+        found |= {r[column] for r in _read_unit(unit, [column]) if r.get(column) is not None}
     if len(found) < 2:
-        raise ValueError(f"classification needs at least 2 labels in column {manifest.data.label_column!r}")
+        raise ValueError(f"classification needs at least 2 labels in column {column!r}")
     return sorted(found)
 
 
-def count_samples(manifest, encoder: Encoder) -> int:
+def count_samples(config: TrainingConfig, encoder: Encoder) -> int:
     """Training samples in one epoch over all ranks (tokenizes the data when packing)."""
-    units = list_units(manifest.data.train)
-    keep = (lambda r: not is_holdout(r, manifest.data)) if manifest.data.eval_fraction else None
-    rows = rank_rows(units, encoder.columns, 0, 1, manifest.training.seed, 0, keep)
+    data = config.data
+    units = list_units(data.train)
+    keep = (lambda r: not is_holdout(r, data)) if data.eval_fraction else None
+    rows = rank_rows(units, encoder.columns, 0, 1, config.training.seed, 0, keep)
     return sum(1 for _ in encoder.samples(rows))

@@ -1,4 +1,4 @@
-"""The DeepSpeed config of a training manifest, and its check by DeepSpeed's own parser.
+"""The DeepSpeed config of a training configuration, and its check by DeepSpeed's own parser.
 
 The manifest's typed fields build the config; `deepspeed.override` is deep-merged last, so a
 user can reach any DeepSpeed option we do not model. The same function serves the manifest
@@ -10,16 +10,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pydantic import ValidationError
 
-def resolve_precision(precision: str, device: str) -> str:
-    """auto: bf16 on a GPU that has it, fp16 on an older GPU, fp32 on CPU."""
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+from workers.training.config import DeepSpeedSpec, TrainingSpec
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -32,10 +25,8 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def deepspeed_config(manifest, precision: str | None = None) -> dict[str, Any]:
-    """Full DeepSpeed config dict. `precision`: the resolved one (bf16/fp16/fp32) on a worker."""
-    ds, tr = manifest.deepspeed, manifest.training
-    precision = precision or resolve_precision(ds.precision, "cpu")
+def deepspeed_config(ds: DeepSpeedSpec, tr: TrainingSpec, precision: str) -> dict[str, Any]:
+    """Full DeepSpeed config dict. `precision`: the one decided for the device (bf16/fp16/fp32)."""
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.offload_optimizer != "none":
         zero["offload_optimizer"] = {"device": ds.offload_optimizer}
@@ -67,8 +58,8 @@ def check_deepspeed_config(config: dict, world_size: int) -> list[tuple[tuple, s
     DeepSpeedConfig reads the world size from torch.distributed (1 when there is none), so the
     batch-size identity is checked here against the manifest's worker count instead.
     """
+    # Lazy: deepspeed takes seconds to import, and only a manifest with an override needs it.
     from deepspeed.runtime.config import DeepSpeedConfig
-    from pydantic import ValidationError
 
     problems: list[tuple[tuple, str]] = []
     probe = copy.deepcopy(config)

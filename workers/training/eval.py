@@ -10,12 +10,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from workers.training.config import Objective
 from workers.training.data import IGNORE, collate
 from workers.training.metrics import classification_scores, perplexity
 
 
-def _dummy_batch(objective: str, pad_id: int) -> dict:
-    if objective == "classification":
+def _dummy_batch(objective: Objective, pad_id: int) -> dict:
+    if objective == Objective.CLASSIFICATION:
         return collate([{"input_ids": [pad_id], "label": 0}], pad_id)
     return collate([{"input_ids": [pad_id, pad_id], "labels": [IGNORE, IGNORE]}], pad_id)
 
@@ -24,9 +25,9 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def forward_loss(engine, batch: dict, objective: str):
+def forward_loss(engine, batch: dict, objective: Objective):
     """(mean loss, logits or None) of one micro-batch."""
-    if objective == "classification":
+    if objective == Objective.CLASSIFICATION:
         logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return F.cross_entropy(logits.float(), batch["label"]), logits
     # TrainableCausalLM returns the mean loss over the shifted targets, as transformers' `.loss`.
@@ -35,7 +36,7 @@ def forward_loss(engine, batch: dict, objective: str):
 
 
 @torch.no_grad()
-def evaluate(engine, batches: list[dict], objective: str, labels: list[str] | None, pad_id: int) -> dict:
+def evaluate(engine, batches: list[dict], objective: Objective, labels: list[str] | None, pad_id: int) -> dict:
     device = engine.device
     count = torch.tensor([len(batches)], device=device)
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
@@ -51,7 +52,7 @@ def evaluate(engine, batches: list[dict], objective: str, labels: list[str] | No
         loss, logits = forward_loss(engine, batch, objective)
         if not real:
             continue
-        if objective == "classification":
+        if objective == Objective.CLASSIFICATION:
             n = batch["label"].numel()
             refs += [labels[j] for j in batch["label"].tolist()]
             preds += [labels[j] for j in logits.argmax(-1).tolist()]
@@ -62,7 +63,7 @@ def evaluate(engine, batches: list[dict], objective: str, labels: list[str] | No
     engine.train()
     mean = float(loss_sum[0] / loss_sum[1].clamp(min=1))
     result = {"eval_loss": mean, "eval_perplexity": perplexity(mean)}
-    if objective == "classification":
+    if objective == Objective.CLASSIFICATION:
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, (refs, preds))
         all_refs = [r for part in gathered for r in part[0]]

@@ -15,33 +15,31 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
+import deepspeed
+import ray
+import ray.train
 import structlog
 import torch
 import torch.distributed as dist
 
 from cluster import logs, storage
+from llm_core.device import pick_device, precision_name
+from llm_core.tokenizer import load_hf_tokenizer
+from workers.model_resolver import resolve_model
 from workers.training import checkpoint as ckpt
 from workers.training import rescale
+from workers.training.config import TrainingConfig, TrainingTask
 from workers.training.data import Encoder, eval_batches, train_batches
-from workers.training.deepspeed import deepspeed_config, resolve_precision
+from workers.training.deepspeed import deepspeed_config
 from workers.training.eval import evaluate, forward_loss, to_device
 from workers.training.metrics import flops_per_token, mfu, peak_flops
-from workers.training.model import (
-    build_model,
-    causal_lm_of,
-    count_params,
-    export_model,
-    load_tokenizer,
-)
+from workers.training.model import build_model, causal_lm_of, count_params, export_model
 from workers.training.optim import build_optimizer, build_scheduler
 
 
 def _tokenizer_dir(config: dict, rank: int) -> Path:
     """A local folder with the tokenizer: a model ref resolved on this node, or a stored folder."""
-    from workers.model_resolver import resolve_model
-
     source = config["tokenizer"]
     if source["kind"] == "ref":
         return resolve_model(source["value"])
@@ -61,60 +59,47 @@ class _Progress:
 
     def cancel_requested(self) -> bool:
         """Rank 0 asks the runner; the answer reaches every rank through the next all-reduce."""
-        import ray
-
         return self.rank == 0 and self.sink is not None and bool(ray.get(self.sink.cancelled.remote()))
 
 
-def _namespace(value):
-    """The manifest's JSON as attributes: workers read it but do not import the control plane.
-    `deepspeed.override` stays a dict: it is DeepSpeed's raw config, merged as is."""
-    if isinstance(value, dict):
-        return SimpleNamespace(**{k: v if k == "override" else _namespace(v) for k, v in value.items()})
-    return value
-
-
 def train_loop(config: dict) -> None:
-    import deepspeed
-    import ray.train
-
+    """`config`: Ray Train's train_loop_config, built by the runner (jobs.run.training): `training`
+    (the TrainingConfig of a validated manifest), job_id, manifest_hash, tokenizer, labels,
+    total_steps, sink, s3_settings (the driver's cluster.storage.S3Settings)."""
     logs.ensure_configured()
-    manifest = _namespace(config["manifest"])  # validated by the runner (jobs.manifest.training)
+    storage.use_s3_settings(config.get("s3_settings"))  # the driver's, before anything reads storage
+    cfg: TrainingConfig = config["training"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     os.environ.setdefault("LOCAL_RANK", str(ctx.get_local_rank()))
     log = structlog.get_logger().bind(job_id=config["job_id"], rank=rank, world=world)
     progress = _Progress(config.get("sink"), rank)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = resolve_precision(manifest.deepspeed.precision, device)
+    device = pick_device()
+    precision = precision_name(device, cfg.deepspeed.precision)
     total_steps, labels = config["total_steps"], config.get("labels")
-    tr, ck = manifest.training, manifest.checkpoint
+    tr, ck = cfg.training, cfg.checkpoint
 
     tok_dir = _tokenizer_dir(config, rank)
-    tokenizer = load_tokenizer(tok_dir)
-    model_dir = None
-    if manifest.task == "finetune":
-        from workers.model_resolver import resolve_model
-
-        model_dir = resolve_model(manifest.model.uri)
-    module = build_model(manifest, tokenizer, model_dir, labels, seed=tr.seed)
-    optimizer = build_optimizer(module, manifest.optimizer, manifest.deepspeed.offload_optimizer != "none")
-    scheduler = build_scheduler(optimizer, total_steps, manifest.optimizer)
+    tokenizer = load_hf_tokenizer(tok_dir)
+    model_dir = resolve_model(cfg.model.uri) if cfg.task == TrainingTask.FINETUNE else None
+    module = build_model(cfg, tokenizer, model_dir, labels, seed=tr.seed)
+    optimizer = build_optimizer(module, cfg.optimizer, cfg.deepspeed.offload_optimizer != "none")
+    scheduler = build_scheduler(optimizer, total_steps, cfg.optimizer)
     resume_from = ckpt.latest_complete(ck.uri)
     meta = ckpt.read_meta(ck.uri, resume_from) if resume_from is not None else None
     written_by = meta["world_size"] if meta else world
     # Another worker count than the checkpoint's: DeepSpeed must be told at initialize.
-    universal = rescale.needs_universal(manifest.deepspeed.zero_stage, written_by, world)
-    ds_config = deepspeed_config(manifest, precision=precision)
+    universal = rescale.needs_universal(cfg.deepspeed.zero_stage, written_by, world)
+    ds_config = deepspeed_config(cfg.deepspeed, tr, precision)
     engine, _, _, _ = deepspeed.initialize(
         model=module, optimizer=optimizer, lr_scheduler=scheduler,
         config=rescale.universal_config(ds_config) if universal else ds_config,
     )
     n_params, n_dense = count_params(module)
     lm_cfg = causal_lm_of(module).config
-    flops_tok = flops_per_token(n_dense, lm_cfg.num_hidden_layers, lm_cfg.hidden_size, manifest.data.seq_len)
+    flops_tok = flops_per_token(n_dense, lm_cfg.num_hidden_layers, lm_cfg.hidden_size, cfg.data.seq_len)
     peak = peak_flops(device)
-    log.info("train.start", params=n_params, precision=precision, zero_stage=manifest.deepspeed.zero_stage,
+    log.info("train.start", params=n_params, precision=precision, zero_stage=cfg.deepspeed.zero_stage,
              total_steps=total_steps, device=device)
 
     step = consumed = 0  # consumed: micro-batches this rank's data stream has given, skipped ones included
@@ -126,9 +111,9 @@ def train_loop(config: dict) -> None:
                  from_world=written_by, to_world=world, data_skip=consumed)
         progress(event="resumed", step=step, from_world=written_by, to_world=world)
 
-    encoder = Encoder(manifest, tokenizer, labels)
-    evals = eval_batches(manifest, encoder, rank, world) if step < total_steps else []
-    batches = train_batches(manifest, encoder, rank, world, skip=consumed)
+    encoder = Encoder(cfg, tokenizer, labels)
+    evals = eval_batches(cfg, encoder, rank, world) if step < total_steps else []
+    batches = train_batches(cfg, encoder, rank, world, skip=consumed)
     # loss sum, micro-batches, tokens, cancel flag: one all-reduce per log step carries them all
     window = torch.zeros(4, dtype=torch.float64, device=engine.device)
     t_window, last_eval, last_saved = time.perf_counter(), {}, resume_from
@@ -136,7 +121,7 @@ def train_loop(config: dict) -> None:
     while step < total_steps:
         batch = to_device(next(batches), engine.device)
         consumed += 1
-        loss, _ = forward_loss(engine, batch, manifest.objective)
+        loss, _ = forward_loss(engine, batch, cfg.objective)
         engine.backward(loss)
         engine.step()
         # Accumulated on the device: no host sync per micro-batch (it would stall a GPU pipeline).
@@ -167,7 +152,7 @@ def train_loop(config: dict) -> None:
                 progress(event="cancelled", step=step)
                 return
         if tr.eval_every and step % tr.eval_every == 0 and step < total_steps:
-            last_eval = evaluate(engine, evals, manifest.objective, labels, tokenizer.pad_token_id)
+            last_eval = evaluate(engine, evals, cfg.objective, labels, tokenizer.pad_token_id)
             if last_eval and rank == 0:
                 log.info("train.eval", step=step, **last_eval)
             if last_eval:
@@ -179,12 +164,12 @@ def train_loop(config: dict) -> None:
 
     if last_saved != step:  # the end state too, so a rerun after a failed export skips training
         ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, consumed), rank, ck.keep, log)
-    last_eval = evaluate(engine, evals, manifest.objective, labels, tokenizer.pad_token_id) or last_eval
+    last_eval = evaluate(engine, evals, cfg.objective, labels, tokenizer.pad_token_id) or last_eval
     if last_eval:
         progress(event="eval", step=step, **last_eval)
         if rank == 0:
             log.info("train.eval", step=step, **last_eval)
-    _export(engine, module, tok_dir, labels, manifest, rank, log)
+    _export(engine, module, tok_dir, labels, cfg, rank, log)
     if config["tokenizer"]["kind"] == "uri":  # our download, not a shared model cache folder
         shutil.rmtree(tok_dir, ignore_errors=True)
     progress(event="done", step=step, final_eval=last_eval, params=n_params, resumed_from=resume_from)
@@ -194,7 +179,7 @@ def _meta(config: dict, step: int, total_steps: int, consumed: int) -> dict:
     """`samples`: trained on by all ranks so far (each took `consumed` micro-batches); a resume on
     another world size splits it anew."""
     world = dist.get_world_size()
-    samples = consumed * config["manifest"]["training"]["micro_batch"] * world
+    samples = consumed * config["training"].training.micro_batch * world
     return {"step": step, "total_steps": total_steps, "world_size": world, "samples": samples,
             "manifest_hash": config["manifest_hash"], "job_id": config["job_id"], "time": time.time()}
 
@@ -207,19 +192,17 @@ def _maybe_crash(config: dict, step: int, rank: int, world: int, resume_from, lo
         os._exit(1)
 
 
-def _export(engine, module, tok_dir: Path, labels, manifest, rank: int, log) -> None:
+def _export(engine, module, tok_dir: Path, labels, cfg: TrainingConfig, rank: int, log) -> None:
     """Gather the full weights (ZeRO-3 shards them) and write the model folder from rank 0."""
-    import deepspeed
-
     params = list(module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if rank == 0 else None
     if rank == 0:
         local = Path(tempfile.mkdtemp(prefix="llmbatch-export-"))
         try:
-            export_model(state, module, tok_dir, labels, local, manifest.data.seq_len)
-            ckpt.upload_folder(local, manifest.output.uri)
+            export_model(state, module, tok_dir, labels, local, cfg.data.seq_len)
+            ckpt.upload_folder(local, cfg.output_uri)
         finally:
             shutil.rmtree(local, ignore_errors=True)
-        log.info("train.exported", uri=manifest.output.uri)
+        log.info("train.exported", uri=cfg.output_uri)
     dist.barrier()

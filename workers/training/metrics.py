@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 import os
 
+import torch
+
+from llm_core.metrics.classification import accuracy, macro_f1
+
 # Dense bf16/fp16 tensor-core peaks (no sparsity), FLOP/s, by a substring of the device name.
 GPU_PEAK_FLOPS = {
     "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
@@ -27,8 +31,6 @@ def peak_flops(device: str) -> float | None:
         return float(os.environ["LLMBATCH_PEAK_FLOPS"])
     if not device.startswith("cuda"):
         return None
-    import torch
-
     name = torch.cuda.get_device_name()
     for key, value in GPU_PEAK_FLOPS.items():
         if key in name:
@@ -47,6 +49,4 @@ def perplexity(loss: float) -> float:
 
 
 def classification_scores(references: list[str], predictions: list[str]) -> dict[str, float]:
-    from llm_core.metrics.classification import accuracy, macro_f1
-
     return {"accuracy": accuracy(references, predictions), "macro_f1": macro_f1(references, predictions)}

@@ -1,4 +1,4 @@
-"""What is trained: the model and tokenizer a manifest names, and the export to a model folder.
+"""What is trained: the model a training config names, and the export to a model folder.
 
 Plain torch modules only; DeepSpeed is applied by workers.training.loop. The model is llm_core's own
 decoder (fused q/k/v and gate/up, SDPA attention, chunked cross-entropy) wrapped by
@@ -19,52 +19,21 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from llm_core.models import LlamaForCausalLM, ModelConfig, TrainableCausalLM, is_supported, load_model
 from llm_core.models import hf_config_dict, read_config_dict, to_hf_names
+from llm_core.models.classifier import CLASSIFICATION_TASK, CLASSIFIER_FILE, LABELS_FILE, SequenceClassifier
 from llm_core.models.training import init_weights
+from workers.training.config import ModelSpec, Objective, TrainingConfig, TrainingTask
 
-CLASSIFIER_FILE = "classifier.safetensors"
-LABELS_FILE = "labels.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 INIT_STD = 0.02  # of a pretrained model's fresh weights, as transformers' initializer_range
 
 
-class SequenceClassifier(nn.Module):
-    """A causal LM's final hidden state at the last real token -> label logits.
-
-    The causal LM is kept whole (its lm_head unused) so the exported folder still loads as a
-    language model; the head is a separate file.
-    """
-
-    def __init__(self, lm: TrainableCausalLM, num_labels: int):
-        super().__init__()
-        self.lm = lm
-        self.head = nn.Linear(lm.config.hidden_size, num_labels)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
-        if not lm.config.tie_word_embeddings:
-            lm.model.lm_head.requires_grad_(False)  # never called: no gradient would reach it
-
-    def forward(self, input_ids, attention_mask):
-        hidden = self.lm.hidden_states(input_ids, attention_mask)
-        last = attention_mask.sum(dim=1) - 1  # right padding: the last real token
-        pooled = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
-        return self.head(pooled.to(self.head.weight.dtype))
-
-
-def load_tokenizer(folder: str | Path):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def new_llama_config(spec, vocab_size: int, seq_len: int, tokenizer) -> dict:
-    """The HF config.json (as a dict) of a new Llama of the manifest's shape."""
+def new_llama_config(spec: ModelSpec, vocab_size: int, seq_len: int, tokenizer) -> dict:
+    """The HF config.json (as a dict) of a new Llama of the shape `spec` gives."""
     inter = spec.intermediate_size or int(8 * spec.hidden_size / 3 + 63) // 64 * 64
     return {
         "model_type": "llama",
@@ -85,22 +54,23 @@ def new_llama_config(spec, vocab_size: int, seq_len: int, tokenizer) -> dict:
     }
 
 
-def build_model(manifest, tokenizer, model_dir: Path | None, labels: list[str] | None, seed: int) -> nn.Module:
+def build_model(config: TrainingConfig, tokenizer, model_dir: Path | None, labels: list[str] | None,
+                seed: int) -> nn.Module:
     """The module to train, in fp32 (DeepSpeed casts to bf16/fp16 when the config says so)."""
     torch.manual_seed(seed)  # same initial weights on every rank
-    if manifest.task == "finetune":
+    if config.task == TrainingTask.FINETUNE:
         source = read_config_dict(model_dir)
         if not is_supported(source):
             raise ValueError(f"{model_dir}: the native decoder cannot train this model (model_type "
                              f"{source.get('model_type')!r}); it takes Llama, Qwen2 and Mistral with SiLU")
         decoder, _ = load_model(model_dir, device="cpu", dtype=torch.float32)
     else:
-        source = new_llama_config(manifest.model, len(tokenizer), manifest.data.seq_len, tokenizer)
+        source = new_llama_config(config.model, len(tokenizer), config.data.seq_len, tokenizer)
         decoder = LlamaForCausalLM(ModelConfig.from_dict(source))
         init_weights(decoder, std=INIT_STD)
     lm = TrainableCausalLM(decoder.train(), source_config=source,
-                           compile_layers=manifest.training.compile)
-    if manifest.objective == "classification":
+                           compile_layers=config.training.compile)
+    if config.objective == Objective.CLASSIFICATION:
         return SequenceClassifier(lm, len(labels))
     return lm
 
@@ -123,8 +93,6 @@ def count_params(module: nn.Module) -> tuple[int, int]:
 def export_model(state_dict: dict[str, torch.Tensor], module: nn.Module, tokenizer_dir: Path,
                  labels: list[str] | None, dest: Path, seq_len: int) -> None:
     """Write the canonical folder to local `dest` from a full (gathered) state dict."""
-    from safetensors.torch import save_file
-
     dest.mkdir(parents=True, exist_ok=True)
     lm = causal_lm_of(module)
     # "lm." (classifier) and "model." (TrainableCausalLM) prefixes off: native decoder names.
@@ -141,7 +109,7 @@ def export_model(state_dict: dict[str, torch.Tensor], module: nn.Module, tokeniz
                 "bias": state_dict["head.bias"].detach().float().cpu().contiguous()}
         save_file(head, str(dest / CLASSIFIER_FILE))
         (dest / LABELS_FILE).write_text(json.dumps(labels, indent=1))
-        config["llmbatch_task"] = "classification"
+        config["llmbatch_task"] = CLASSIFICATION_TASK
         config["llmbatch_num_labels"] = len(labels)
         config["llmbatch_max_tokens"] = seq_len  # texts were cut to this many tokens in training
     (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from workers.training.config import OptimizerSpec
+
 
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms and embeddings (1-D or embedding weights), as usual."""
@@ -20,17 +22,18 @@ def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(module: torch.nn.Module, spec, offload: bool):
+def build_optimizer(module: torch.nn.Module, spec: OptimizerSpec, offload: bool):
     groups = param_groups(module, spec.weight_decay)
-    betas = tuple(spec.betas)  # a list when the manifest arrives as JSON
+    betas = tuple(spec.betas)
     if offload:  # ZeRO-Offload runs the step on CPU: DeepSpeed's vectorized CPU Adam
+        # Lazy: deepspeed takes seconds to import; only an offloading worker needs this class.
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, lr=spec.lr, betas=betas, eps=spec.eps, adamw_mode=True)
     return torch.optim.AdamW(groups, lr=spec.lr, betas=betas, eps=spec.eps)
 
 
-def lr_factor(step: int, total: int, spec) -> float:
+def lr_factor(step: int, total: int, spec: OptimizerSpec) -> float:
     """Multiplier of the peak lr at optimizer step `step` (0-based) of `total`."""
     if spec.warmup_steps and step < spec.warmup_steps:
         return (step + 1) / spec.warmup_steps
@@ -44,5 +47,5 @@ def lr_factor(step: int, total: int, spec) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, total_steps: int, spec):
+def build_scheduler(optimizer, total_steps: int, spec: OptimizerSpec):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, spec))

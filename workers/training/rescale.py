@@ -55,6 +55,7 @@ def repair_optimizer_state(optimizer, folder: Path) -> None:
     hands one `step` tensor to every group's state, which AdamW advances in place once per
     group, so later groups would bias-correct with too large a step: each state gets its own.
     """
+    # Lazy: deepspeed takes seconds to import; this runs only on a worker resuming a rescaled run.
     from deepspeed.checkpoint.constants import PARAM_GROUPS
 
     saved = torch.load(folder / "zero" / "optimizer_state.pt", map_location="cpu", weights_only=False)

@@ -1,9 +1,9 @@
 """The job store: engine and migrations, submit (idempotent), reads, events, audit, cancel.
 
 SQLite file by default, PostgreSQL by URL. Every state change is one conditional UPDATE
-(`... WHERE state = <expected>`) plus its event in the same transaction, so two service
-processes racing on one job see exactly one winner. The scheduler's claims and leases are in
-jobs/store_leases.py.
+(`... WHERE state IN <what the lifecycle allows>`, see transitions.py) plus its event in the
+same transaction, so two service processes racing on one job see exactly one winner. The
+scheduler's claims and leases are in leases.py.
 """
 
 from __future__ import annotations
@@ -16,23 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from jobs.lifecycle import INITIAL_STATE, JobState
 from jobs.service.store.leases import LeaseOps
-from jobs.service.store.tables import (
-    ACTIVE_STATES,
-    CANCELLED,
-    CANCELLING,
-    QUEUED,
-    RUNNING,
-    audit_log,
-    job_events,
-    jobs,
-    shards_finished,
-    utcnow,
-)
+from jobs.service.store.tables import audit_log, job_events, jobs, shards_finished, utcnow
 from jobs.service.store.tables import event_row as _event
+from jobs.service.store.transitions import current_state, guarded_update
 
 log = structlog.get_logger()
 
@@ -72,17 +65,14 @@ def make_engine(url: str) -> Engine:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (run on every service start)."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
+    cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Two services starting together: the second waits, then finds the schema at head.
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7311845021)")
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        alembic_command.upgrade(cfg, "head")
 
 
 @dataclass
@@ -124,11 +114,12 @@ class Store(LeaseOps):
         """Record a queued job; returns (job, created). The same idempotency key returns the
         job recorded first, or raises IdempotencyConflict if the request differs."""
         now = utcnow()
-        values = {**job.__dict__, "state": QUEUED, "attempts": 0, "failures": 0, "created_at": now}
+        values = {**job.__dict__, "state": INITIAL_STATE, "attempts": 0, "failures": 0, "created_at": now}
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(jobs).values(**values))
-                _event(conn, job.id, "state", QUEUED, "submitted", {"queue": job.queue, "priority": job.priority})
+                _event(conn, job.id, "state", INITIAL_STATE, "submitted",
+                       {"queue": job.queue, "priority": job.priority})
             return self.get(job.id), True
         except IntegrityError:
             if job.idempotency_key is None:
@@ -152,7 +143,7 @@ class Store(LeaseOps):
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
         return dict(row) if row else None
 
-    def list_jobs(self, *, state: str | None = None, queue: str | None = None, owner: str | None = None,
+    def list_jobs(self, *, state: JobState | None = None, queue: str | None = None, owner: str | None = None,
                   schedule_id: str | None = None, limit: int = 100, offset: int = 0) -> list[dict]:
         q = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit).offset(offset)
         for col, value in (("state", state), ("queue", queue), ("owner", owner), ("schedule_id", schedule_id)):
@@ -161,7 +152,7 @@ class Store(LeaseOps):
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
-    def count_by_state(self) -> dict[str, int]:
+    def count_by_state(self) -> dict[JobState, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
         return {state: n for state, n in rows}
@@ -173,7 +164,7 @@ class Store(LeaseOps):
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def add_event(self, job_id: str, kind: str, message: str | None = None, data: Any = None,
-                  state: str | None = None) -> None:
+                  state: JobState | None = None) -> None:
         with self.engine.begin() as conn:
             _event(conn, job_id, kind, state, message, data)
 
@@ -190,23 +181,18 @@ class Store(LeaseOps):
 
     # ---- cancel --------------------------------------------------------------------------
 
-    def request_cancel(self, job_id: str) -> str | None:
+    def request_cancel(self, job_id: str) -> JobState | None:
         """queued -> cancelled at once; running -> cancelling (the scheduler stops its runner).
         Returns the job's state afterwards, or None if there is no such job."""
         with self.engine.begin() as conn:
-            done = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state == QUEUED)
-                                .values(state=CANCELLED, finished_at=utcnow())).rowcount
-            if done:
-                _event(conn, job_id, "state", CANCELLING, "cancel requested while queued")
-                _event(conn, job_id, "state", CANCELLED, "cancelled before it started")
-                return CANCELLED
-            moved = conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.state == RUNNING)
-                                 .values(state=CANCELLING)).rowcount
-            if moved:
-                _event(conn, job_id, "state", CANCELLING, "cancel requested")
-                return CANCELLING
-            row = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).first()
-        return row[0] if row else None
+            if guarded_update(conn, job_id, JobState.CANCELLED, among=(JobState.QUEUED,), finished_at=utcnow()):
+                _event(conn, job_id, "state", JobState.CANCELLING, "cancel requested while queued")
+                _event(conn, job_id, "state", JobState.CANCELLED, "cancelled before it started")
+                return JobState.CANCELLED
+            if guarded_update(conn, job_id, JobState.CANCELLING, among=(JobState.RUNNING,)):
+                _event(conn, job_id, "state", JobState.CANCELLING, "cancel requested")
+                return JobState.CANCELLING
+            return current_state(conn, job_id)  # already cancelling or ended: nothing to do
 
 
-__all__ = ["Store", "NewJob", "IdempotencyConflict", "utcnow", "default_url", "shards_finished", "ACTIVE_STATES"]
+__all__ = ["Store", "NewJob", "IdempotencyConflict", "utcnow", "default_url", "shards_finished"]

@@ -1,4 +1,4 @@
-"""The control plane's tables (SQLAlchemy Core). Alembic migrations in jobs/migrations own the DDL."""
+"""The control plane's tables (SQLAlchemy Core). The Alembic migrations beside this file own the DDL."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from jobs.lifecycle import JobState
+
 metadata = MetaData()
 
 
@@ -41,12 +43,20 @@ class UTCDateTime(TypeDecorator):
     def process_result_value(self, value, dialect):
         return value.replace(tzinfo=timezone.utc) if value is not None else None
 
-# Job states, as in DESIGN.md.
-QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
-SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-ACTIVE_STATES = (QUEUED, RUNNING, CANCELLING)
-TERMINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
-ALL_STATES = ACTIVE_STATES + TERMINAL_STATES
+
+class JobStateColumn(TypeDecorator):
+    """A job state stored as its string and read back as a `JobState`; a name the lifecycle does
+    not know is refused before it reaches the database."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else JobState(value).value
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else JobState(value)
+
 
 jobs = Table(
     "jobs",
@@ -54,7 +64,7 @@ jobs = Table(
     Column("id", String(40), primary_key=True),
     Column("name", String(128), nullable=False),
     Column("owner", String(128), nullable=False),
-    Column("state", String(16), nullable=False),
+    Column("state", JobStateColumn(), nullable=False),
     Column("queue", String(64), nullable=False),
     Column("priority", Integer, nullable=False, default=0),
     # Unique per owner: a resubmission with the same key returns the same job.
@@ -93,7 +103,7 @@ job_events = Table(
     Column("job_id", String(40), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
     Column("at", UTCDateTime(), nullable=False),
     Column("kind", String(32), nullable=False),  # state, progress, error, retry, info
-    Column("state", String(16), nullable=True),
+    Column("state", JobStateColumn(), nullable=True),
     Column("message", Text, nullable=True),
     Column("data", JSON, nullable=True),
     Index("ix_job_events_job", "job_id", "seq"),
@@ -150,6 +160,6 @@ def shards_finished(progress: dict) -> int:
     return sum(int(progress.get(k) or 0) for k in ("shards_done", "shards_skipped", "shards_failed"))
 
 
-def event_row(conn, job_id: str, kind: str, state: str | None, message: str | None, data: Any = None) -> None:
+def event_row(conn, job_id: str, kind: str, state: JobState | None, message: str | None, data: Any = None) -> None:
     conn.execute(insert(job_events).values(job_id=job_id, at=utcnow(), kind=kind, state=state,
                                            message=message, data=data))

@@ -13,7 +13,7 @@ from llm_core.engine.native.kv_cache import KVCache
 from llm_core.engine.native.sequence import Sequence
 
 
-class Scheduler:
+class ContinuousBatcher:
     def __init__(self, max_num_seqs: int, max_batch_tokens: int):
         self.max_num_seqs = max_num_seqs
         self.max_batch_tokens = max_batch_tokens
@@ -27,7 +27,7 @@ class Scheduler:
     def done(self) -> bool:
         return not self.waiting and not self.running
 
-    def schedule(self) -> tuple[str, list[Sequence]]:
+    def next_step(self) -> tuple[str, list[Sequence]]:
         """Returns ("prefill", newly admitted) or ("decode", all running)."""
         batch: list[Sequence] = []
         tokens = 0

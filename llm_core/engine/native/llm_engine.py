@@ -10,14 +10,16 @@ from typing import Sequence as Seq
 import torch
 from tokenizers import Tokenizer
 
+from llm_core.device import pick_device
+from llm_core.engine.native.batcher import ContinuousBatcher
 from llm_core.engine.native.model_runner import ModelRunner
 from llm_core.engine.native.sampler import sample
-from llm_core.engine.native.batcher import Scheduler
 from llm_core.engine.native.sequence import Sequence
-from llm_core.engine.native.token_history import TokenHistory
 from llm_core.engine.native.stopping import check_stop, completion_ids, completion_text
-from llm_core.models import load_model
+from llm_core.engine.native.token_history import TokenHistory
 from llm_core.engine.sampling import Completion, SamplingParams
+from llm_core.models import load_model
+from llm_core.tokenizer import read_tokenizer_file
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +48,15 @@ class NativeEngine:
         max_batch_tokens: int | None = None, max_num_seqs: int = 64, tokenizer: Tokenizer | None = None,
     ):
         model_dir = Path(model_dir)
-        self.model, self.config = load_model(model_dir, device, dtype)
-        self.device = "cuda" if self.model.embed_tokens.weight.is_cuda else "cpu"
+        self.device = pick_device(device)
+        self.model, self.config = load_model(model_dir, self.device, dtype)
         self.dtype = self.model.embed_tokens.weight.dtype
-        self.tokenizer = tokenizer or Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer = tokenizer or read_tokenizer_file(model_dir)
         self.eos_token_ids = eos_token_ids(model_dir, self.config.eos_token_ids, self.tokenizer)
         self.max_context = self.config.max_position_embeddings
         if self.config.sliding_window:  # within the window, sliding attention is full attention
             self.max_context = min(self.max_context, self.config.sliding_window)
-        on_gpu = self.device == "cuda"
+        on_gpu = self.model.embed_tokens.weight.is_cuda
         self.max_batch_tokens = max_batch_tokens or (16384 if on_gpu else 2048)
         self.max_num_seqs = max_num_seqs
         self.runner = ModelRunner(
@@ -78,18 +80,18 @@ class NativeEngine:
             return []
         longest = max(len(p) for p in prompts) + params.max_new_tokens
         cache = self.runner.ensure_cache(min(longest, self.max_context))
-        scheduler = Scheduler(self.max_num_seqs, self.max_batch_tokens)
+        batcher = ContinuousBatcher(self.max_num_seqs, self.max_batch_tokens)
         seqs = [
             Sequence(p, params, i, j, self.device) for i, p in enumerate(prompts) for j in range(params.n)
         ]
         for seq in seqs:
-            scheduler.add(seq)
+            batcher.add(seq)
         history = None
         if params.repetition_penalty != 1.0:
             history = TokenHistory(self.max_num_seqs, cache.max_len, self.device)
         followers = (history,) if history is not None else ()
-        while not scheduler.done:
-            kind, batch = scheduler.schedule()
+        while not batcher.done:
+            kind, batch = batcher.next_step()
             if kind == "prefill":
                 logits = torch.stack(self.runner.extend([(s.slot, 0, s.prompt) for s in batch]))
                 for seq in batch if history is not None else ():
@@ -99,7 +101,7 @@ class NativeEngine:
             for seq, token in zip(batch, self._next_tokens(logits, batch, history)):
                 seq.output.append(token)
                 check_stop(seq, self.eos_token_ids, self.tokenizer, min(cache.max_len, self.max_context))
-            scheduler.release_finished(cache, followers)
+            batcher.release_finished(cache, followers)
         results: list[list[Completion]] = [[] for _ in prompts]
         for seq in seqs:
             results[seq.prompt_index].append(

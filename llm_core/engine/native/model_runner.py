@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from llm_core.engine.native.attention import DecodeAttention, PrefillAttention
+from llm_core.engine.native.cuda_graphs import DecodeGraphs
 from llm_core.engine.native.kv_cache import KVCache
 from llm_core.models.config import ModelConfig
 from llm_core.models.llama import LlamaForCausalLM
@@ -36,8 +37,6 @@ class ModelRunner:
                 torch.cuda.empty_cache()
             self.cache = KVCache(self.cfg, self.max_num_seqs, max_len, self.device, self.dtype)
             if self.use_cuda_graphs:
-                from llm_core.engine.native.cuda_graphs import DecodeGraphs
-
                 self.graphs = DecodeGraphs(self.model, self.cache, self.max_num_seqs)
         return self.cache
 

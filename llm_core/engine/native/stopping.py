@@ -9,6 +9,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer
 
 from llm_core.engine.native.sequence import Sequence
+from llm_core.engine.stops import truncate_at_stop
 
 
 def check_stop(seq: Sequence, eos_token_ids, tokenizer: Tokenizer, max_len: int) -> None:
@@ -28,11 +29,10 @@ def _cut_at_stop_string(seq: Sequence, tokenizer: Tokenizer) -> bool:
     # Earlier text was already searched; rescan only where a new match could start.
     start = max(0, seq.stop_scan_from - max(len(s) for s in seq.params.stop))
     seq.stop_scan_from = len(text)
-    cuts = [i for s in seq.params.stop if (i := text.find(s, start)) >= 0]
-    if not cuts:
-        return False
-    seq.text = text[: min(cuts)]
-    return True
+    text, hit = truncate_at_stop(text, seq.params.stop, start)
+    if hit:
+        seq.text = text
+    return hit
 
 
 def completion_ids(seq: Sequence) -> list[int]:

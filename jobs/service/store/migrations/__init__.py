@@ -1,1 +1,1 @@
-"""Alembic migrations for the job store; `jobs.service.store.job_store.migrate(url)` runs them programmatically."""
+"""Alembic migrations for the job store; `jobs.service.store.job_store.migrate(engine)` runs them programmatically."""

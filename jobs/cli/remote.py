@@ -1,7 +1,7 @@
-"""`llmbatch serve | tokens | submit | status | list | logs | cancel | wait`: the service and its CLI.
+"""`llmbatch submit | status | list | logs | cancel | wait`: the commands that talk to a running
+service over HTTP (`--server`, or $LLMBATCH_SERVER) with the token in $LLMBATCH_TOKEN.
 
-The remote commands talk to the service over HTTP (`--server`, or $LLMBATCH_SERVER) with the
-token in $LLMBATCH_TOKEN. `submit` and `tokens create` print what they made as their last word.
+`submit` prints what it made as its last word; `wait` exits 0 only if the job succeeded.
 """
 
 from __future__ import annotations
@@ -10,39 +10,18 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import datetime
 
 import yaml
 
-from jobs.cli.client import TERMINAL, Client, ClientError
+from jobs.cli.client import Client, ClientError
+from jobs.cli.remote_progress import remote_progress
+from jobs.lifecycle import JobState
+from jobs.service.store.tables import shards_finished
 
 
-def register(sub) -> None:
-    p = sub.add_parser("serve", help="run the job service (HTTP API + scheduler)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--db", default=None, help="store URL (default $LLMBATCH_DB, else an SQLite file)")
-    p.add_argument("--ray-address", default=None, help="the cluster (default $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--queue-limit", action="append", default=[], metavar="QUEUE=N",
-                   help="most running jobs in a queue (repeatable)")
-    p.add_argument("--default-queue-limit", type=int, default=4)
-    p.add_argument("--lease-s", type=float, default=30.0, help="adopt a dead scheduler's jobs after this")
-    p.add_argument("--tick-s", type=float, default=1.0)
-    p.add_argument("--no-scheduler", action="store_true", help="API only: record jobs, start none")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
-    p.add_argument("--runner", default=None, help=argparse.SUPPRESS)  # module:function, for tests
-    p.set_defaults(func=cmd_serve)
-
-    t = sub.add_parser("tokens", help="manage API tokens (writes the store directly)")
-    tsub = t.add_subparsers(dest="tokens_command", required=True)
-    tc = tsub.add_parser("create", help="create a token; prints it (once) as the last word")
-    tc.add_argument("name")
-    tc.add_argument("--input-prefix", action="append", default=[], help="allowed input URI prefix ('*': any)")
-    tc.add_argument("--output-prefix", action="append", default=[], help="allowed output URI prefix ('*': any)")
-    tc.add_argument("--admin", action="store_true", help="may cancel anyone's jobs")
-    tc.add_argument("--db", default=None)
-    tc.set_defaults(func=cmd_tokens_create)
-
+def register(sub: argparse._SubParsersAction) -> None:
     def remote(name: str, help: str, func, *, job_id: bool = True):
         r = sub.add_parser(name, help=help)
         r.add_argument("--server", default=None, help="service URL (default $LLMBATCH_SERVER or http://127.0.0.1:8080)")
@@ -71,41 +50,6 @@ def register(sub) -> None:
     remote("wait", "wait for a job with a progress bar; exit 0 only if it succeeded", cmd_wait)
 
 
-def cmd_serve(args) -> int:
-    import uvicorn
-
-    from jobs.api.app import create_app
-    from jobs.service.queue import Admission, parse_limits
-    from jobs.service.scheduler import Scheduler, SchedulerConfig
-    from jobs.service.store.job_store import Store
-
-    store = Store(args.db)  # migrates to the newest schema
-    scheduler = None
-    if not args.no_scheduler:
-        cfg = SchedulerConfig(ray_address=args.ray_address, lease_s=args.lease_s, tick_s=args.tick_s,
-                              admission=Admission(parse_limits(args.queue_limit), args.default_queue_limit))
-        if args.runner:
-            cfg.runner = args.runner
-        scheduler = Scheduler(store, cfg)
-    app = create_app(store, scheduler, max_body_bytes=args.max_body_bytes)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
-
-
-def cmd_tokens_create(args) -> int:
-    from jobs.service.auth import create_token
-    from jobs.service.store.job_store import Store
-
-    if not args.input_prefix or not args.output_prefix:
-        print("give at least one --input-prefix and one --output-prefix ('*' allows any)", file=sys.stderr)
-        return 2
-    store = Store(args.db)
-    secret = create_token(store, args.name, input_prefixes=args.input_prefix,
-                          output_prefixes=args.output_prefix, admin=args.admin)
-    print(f"token for {args.name} (shown once): {secret}")
-    return 0
-
-
 def _client(args) -> Client:
     return Client(args.server)
 
@@ -126,7 +70,7 @@ def _absolute_local(manifest: dict) -> dict:
     return out
 
 
-def _run(fn) -> int:
+def _run(fn: Callable[[], int]) -> int:
     try:
         return fn()
     except ClientError as exc:
@@ -179,8 +123,6 @@ def cmd_status(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from jobs.service.store.job_store import shards_finished
-
     def go() -> int:
         jobs = _client(args).list(state=args.state, limit=args.limit)
         print(f"{'ID':22} {'STATE':10} {'QUEUE':10} {'PRI':>4} {'SHARDS':>9}  {'CREATED':19}  NAME")
@@ -216,15 +158,10 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_wait(args) -> int:
-    from jobs.cli.progress import remote_progress
-
     def go() -> int:
         with remote_progress() as show:
             job = _client(args).wait(args.job_id, on_update=show)
         print(f"{job['id']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
-        return 0 if job["state"] == "succeeded" else 1
+        return 0 if job["state"] == JobState.SUCCEEDED else 1
 
     return _run(go)
-
-
-__all__ = ["register", "TERMINAL"]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from contextlib import ExitStack, contextmanager
+
+from jobs.run.results import JobProgress
 
 
 @contextmanager
 def remote_progress():
-    """Yields a callback taking a job (the API's dict) that draws jobs.run.progress.ProgressDisplay;
+    """Yields a callback taking a job (the API's dict) that draws jobs.run.display.ProgressDisplay;
     plain lines on stderr when that is not a terminal (logs, CI, tests)."""
     if not sys.stderr.isatty():
         last: list = [None]
@@ -25,10 +26,9 @@ def remote_progress():
 
         yield plain
         return
-    from jobs.run.progress import ProgressDisplay
-    from jobs.run.results import JobProgress
+    # The rich display and its summary figures (pyarrow, the metrics) load only for a terminal.
+    from jobs.run.display import ProgressDisplay
 
-    names = {f.name for f in dataclasses.fields(JobProgress)}
     with ExitStack() as stack:
         display: list = []
 
@@ -37,6 +37,6 @@ def remote_progress():
                 display.append(stack.enter_context(ProgressDisplay(job["name"])))
             p = job.get("progress")
             if p:
-                display[0].update(JobProgress(**{k: v for k, v in p.items() if k in names}))
+                display[0].update(JobProgress.from_dict(p))
 
         yield update

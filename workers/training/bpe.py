@@ -9,37 +9,38 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from workers.training.config import TrainingConfig
+from workers.training.data import list_units, rank_rows
+
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
 
-def _texts(manifest, limit_rows: int) -> Iterator[str]:
-    from workers.training.data import list_units, rank_rows
-
-    units = list_units(manifest.data.train)
-    column = manifest.data.text_column
-    for i, row in enumerate(rank_rows(units, [column], 0, 1, manifest.training.seed, 0)):
+def _texts(config: TrainingConfig, limit_rows: int) -> Iterator[str]:
+    column = config.data.text_column
+    rows = rank_rows(list_units(config.data.train), [column], 0, 1, config.training.seed, 0)
+    for i, row in enumerate(rows):
         if i >= limit_rows:
             return
         if row.get(column):
             yield row[column]
 
 
-def train_bpe(manifest, dest: Path, limit_rows: int = 200_000) -> Path:
+def train_bpe(config: TrainingConfig, dest: Path, limit_rows: int = 200_000) -> Path:
     """Train on up to `limit_rows` rows of data.train; write an AutoTokenizer folder to `dest`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=manifest.model.vocab_size,
+        vocab_size=config.model.vocab_size,
         special_tokens=[EOS, PAD],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable: no unknowns
         show_progress=False,
     )
-    tok.train_from_iterator(_texts(manifest, limit_rows), trainer=trainer)
+    tok.train_from_iterator(_texts(config, limit_rows), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD)
     dest.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(dest))

@@ -1,4 +1,5 @@
-"""The progress display of a job (rich): shards, rows, tokens/s; the closing summary table."""
+"""The progress display of a job (rich): shards, rows and tokens/s, or training steps and loss;
+the closing summary table."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from jobs.evaluation.scoring import main_figures
 from jobs.run.results import JobProgress, JobResult
 
 
@@ -19,11 +21,10 @@ class ProgressDisplay:
         self.enabled = enabled
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("shards"), TextColumn("{task.fields[rows]} rows"),
-            TextColumn("{task.fields[errors]} errors"), TextColumn("{task.fields[tps]:.1f} tok/s"),
+            TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(), console=self.console, transient=False, disable=not enabled,
         )
-        self.task = self.progress.add_task(name, total=None, rows=0, errors=0, tps=0.0)
+        self.task = self.progress.add_task(name, total=None, unit="shards", detail=_detail(JobProgress()))
 
     def __enter__(self) -> "ProgressDisplay":
         self.progress.start()
@@ -33,20 +34,34 @@ class ProgressDisplay:
         self.progress.stop()
 
     def update(self, p: JobProgress) -> None:
-        self.progress.update(
-            self.task, total=p.shards_total or None, completed=p.shards_done + p.shards_skipped + p.shards_failed,
-            rows=p.rows, errors=p.error_rows, tps=p.tokens_per_s,
-        )
+        if p.training:
+            total, completed, unit = p.total_steps, p.step or 0, "steps"
+        else:
+            total, completed, unit = p.shards_total, p.shards_done + p.shards_skipped + p.shards_failed, "shards"
+        self.progress.update(self.task, total=total or None, completed=completed, unit=unit, detail=_detail(p))
+
+
+def _detail(p: JobProgress) -> str:
+    if p.training:
+        loss = p.values.get("loss")
+        return f"loss {loss:.4f} {p.tokens_per_s:.0f} tok/s" if loss is not None else ""
+    return f"{p.rows} rows {p.error_rows} errors {p.tokens_per_s:.1f} tok/s"
 
 
 def print_summary(result: JobResult, file=None) -> None:
     console = Console(file=file or sys.stdout)
     s = result.summary
     table = Table(title=f"job {s.get('job_id', '')}: {result.status}", show_header=False)
-    if "steps" in s:  # a training job
-        _training_rows(table, result)
-        console.print(table)
-        return
+    rows = _training_rows(result) if "steps" in s else _inference_rows(result)
+    if result.error:
+        rows.append(("error", result.error))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def _inference_rows(result: JobResult) -> list[tuple[str, object]]:
+    s = result.summary
     rows = [
         ("rows", s.get("rows")), ("error rows", s.get("error_rows")),
         ("generated tokens", s.get("completion_tokens")), ("tokens/s", s.get("tokens_per_s")),
@@ -56,25 +71,15 @@ def print_summary(result: JobResult, file=None) -> None:
     ]
     metrics = s.get("metrics")
     if isinstance(metrics, dict):
-        from jobs.evaluation.scoring import main_figures
-
         figures = ", ".join(f"{name} {value}" for name, value in main_figures(metrics))
         rows.append(("metrics", f"{figures} ({metrics.get('scored', 0)} rows scored)"))
-    if result.error:
-        rows.append(("error", result.error))
-    for key, value in rows:
-        table.add_row(key, str(value))
-    console.print(table)
+    return rows
 
 
-def _training_rows(table: Table, result: JobResult) -> None:
+def _training_rows(result: JobResult) -> list[tuple[str, object]]:
     s = result.summary
-    rows = [
+    return [
         ("steps", s.get("steps")), ("loss", f"{s.get('first_loss')} -> {s.get('last_loss')}"),
         ("eval", s.get("eval")), ("resumed from step", s.get("resumed_from")),
         ("wall time", f"{s.get('wall_s', 0):.1f} s"), ("model folder", result.output_uri),
     ]
-    if result.error:
-        rows.append(("error", result.error))
-    for key, value in rows:
-        table.add_row(key, str(value))

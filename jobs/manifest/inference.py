@@ -1,0 +1,117 @@
+"""Job manifest schema v1 for inference jobs (`kind: inference`, the default): data, params, resources.
+
+A manifest is refused whole, with every problem and its field path, before any work starts
+(jobs.manifest.load); the task block is in jobs.manifest.tasks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, field_validator
+
+from cluster.storage.uri import check_uris
+from jobs.manifest.common import CrossChecked, JobName, OutputSpec, Problems, Strict
+from jobs.manifest.tasks import Task
+from llm_core.metrics import DEFAULT_METRICS, KNOWN_METRICS
+from llm_core.tasks import TaskKind
+
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+
+# Tasks the model-free baselines cover (engine: baseline): llm_core.baselines.
+BASELINE_TASKS = (TaskKind.SUMMARIZE, TaskKind.TRANSLATE, TaskKind.CLASSIFY)
+
+
+class InputSpec(Strict):
+    uri: Annotated[str | list[str], AfterValidator(check_uris)] = Field(
+        ..., description="a Parquet file, a folder/prefix, a glob, or a list"
+    )
+    text_column: str = "text"
+    id_column: str = "id"
+    rows_per_shard: int | None = Field(
+        None, gt=0, description="cut row groups into shards of at most this many rows"
+    )
+
+
+class GenerationParams(Strict):
+    max_new_tokens: int = Field(64, gt=0, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(
+        None, gt=0.0, description="default: the task's own (small models loop without one)"
+    )
+    no_repeat_ngram_size: int | None = Field(None, ge=0)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = 0
+    max_input_tokens: int | None = Field(
+        None, gt=0, description="default: the model's context minus max_new_tokens"
+    )
+    on_long_input: Literal["truncate", "error"] = "truncate"
+
+
+class Resources(Strict):
+    workers: int = Field(1, ge=1, le=4096)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    batch_size: int = Field(16, ge=1, le=4096)
+    max_batch_tokens: int | None = Field(None, gt=0)
+
+
+class EvaluateSpec(Strict):
+    """Score the output against references when the job is done (`_metrics.json`)."""
+
+    reference_column: str = Field(..., min_length=1)
+    references_uri: str | list[str] | None = Field(
+        None, description="Parquet file(s) with input.id_column + reference_column; default: the input itself"
+    )
+    metrics: list[str] | None = Field(None, description="default: the task's (llm_core.metrics.DEFAULT_METRICS)")
+    use_stemmer: bool = False
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, metrics: list[str] | None) -> list[str] | None:
+        if metrics is not None:
+            unknown = [name for name in metrics if name not in KNOWN_METRICS]
+            if unknown:
+                raise ValueError(f"unknown metrics {unknown}; known: {', '.join(KNOWN_METRICS)}")
+            if not metrics:
+                raise ValueError("name at least one metric (or leave metrics out for the task's defaults)")
+        return metrics
+
+
+class InferenceManifest(CrossChecked):
+    version: Literal[1] = 1
+    kind: Literal["inference"] = "inference"
+    name: JobName
+    task: Task
+    model: str = DEFAULT_MODEL
+    engine: Literal["auto", "native", "hf", "baseline"] = "auto"  # baseline: no language model
+    input: InputSpec
+    output: OutputSpec
+    params: GenerationParams = GenerationParams()
+    resources: Resources = Resources()
+    on_shard_failure: Literal["fail", "skip"] = "fail"
+    max_shard_attempts: int = Field(3, ge=1, le=20)
+    evaluate: EvaluateSpec | None = None
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_shorthand(cls, value: Any):
+        # `task: summarize` is short for `task: {kind: summarize}`.
+        return {"kind": value} if isinstance(value, str) else value
+
+    def _cross_field_problems(self) -> Problems:
+        p: Problems = []
+        kind = self.task.kind
+        if self.engine == "baseline" and kind not in BASELINE_TASKS:
+            p.append((("engine",), f"no baseline for task {kind}; baselines: {', '.join(BASELINE_TASKS)}"))
+        if kind == TaskKind.CLASSIFY:
+            if self.engine == "baseline" and not self.task.train_uri:
+                p.append((("task", "train_uri"), ("engine: baseline trains a TF-IDF classifier: name its training "
+                                                  "data (Parquet with the text column and train_label_column)")))
+            if self.engine != "baseline" and self.task.train_uri:
+                p.append((("task", "train_uri"), "only used with engine: baseline"))
+        if self.evaluate and self.evaluate.metrics is None and not DEFAULT_METRICS.get(kind):
+            p.append((("evaluate", "metrics"), f"task {kind} has no default metrics: name them"))
+        return p

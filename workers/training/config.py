@@ -1,0 +1,142 @@
+"""The training configuration: what the workers train, as typed, frozen dataclasses.
+
+The training manifest (jobs.manifest.training) composes these sections and validates them with
+pydantic, so each field, its default and its bounds are written once, here; the workers receive
+a `TrainingConfig` and read typed attributes. The bounds are pydantic metadata on the field types
+(`Annotated[..., Field(...)]`), which a plain construction ignores. Unknown fields are refused when
+a manifest is validated (`__pydantic_config__`). Nothing here imports torch: manifests are parsed
+on machines that never train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field
+
+from cluster.storage.uri import check_uris
+
+BPE = "bpe"  # model.vocab value: train a byte-level BPE on the training data
+
+# Data named by a URI or a list of them, checked as every manifest checks data URIs.
+Uris = Annotated[str | list[str], AfterValidator(check_uris)]
+_STRICT = ConfigDict(extra="forbid")
+
+
+class TrainingTask(StrEnum):
+    PRETRAIN = "pretrain"  # a new model of the manifest's shape
+    FINETUNE = "finetune"  # go on training model.uri
+
+
+class Objective(StrEnum):
+    CAUSAL_LM = "causal_lm"
+    SFT = "sft"  # prompt -> response, loss on the response only
+    CLASSIFICATION = "classification"  # a linear head on the last token's state
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """finetune: `uri` of a model folder. pretrain: a tokenizer and the Llama shape to build."""
+
+    __pydantic_config__ = _STRICT
+    uri: Annotated[str | None, Field(description="finetune: a model folder, s3:// prefix or builtin:<name>")] = None
+    # Named `vocab`, not `tokenizer`: the manifest's credential check refuses keys containing "token".
+    vocab: Annotated[str | None, Field(description="pretrain: a model ref whose tokenizer to use, or 'bpe'")] = None
+    vocab_size: Annotated[int | None, Field(ge=256, le=262144, description="bpe only: vocabulary to train")] = None
+    hidden_size: Annotated[int, Field(ge=8)] = 256
+    num_layers: Annotated[int, Field(ge=1)] = 4
+    num_heads: Annotated[int, Field(ge=1)] = 4
+    num_kv_heads: Annotated[int | None, Field(ge=1)] = None
+    intermediate_size: Annotated[int | None, Field(ge=8, description="default: about 8/3 of hidden_size")] = None
+    max_position_embeddings: Annotated[int | None, Field(ge=16, description="default: data.seq_len")] = None
+    rope_theta: Annotated[float, Field(gt=0)] = 10000.0
+    tie_embeddings: bool = True
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    __pydantic_config__ = _STRICT
+    train: Annotated[Uris, Field(description="Parquet file(s), folder/prefix or glob; local or s3://")]
+    eval: Uris | None = None
+    eval_fraction: Annotated[
+        float, Field(ge=0.0, lt=1.0, description="hold out rows (by hash of id) when no eval uri")] = 0.0
+    text_column: str = "text"
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    label_column: str = "label"
+    id_column: str = "id"
+    labels: Annotated[
+        list[str] | None, Field(min_length=2, description="classification: default = sorted labels seen")] = None
+    seq_len: Annotated[int, Field(ge=8, le=131072)] = 512
+    packing: Annotated[
+        bool | None, Field(description="causal_lm: concatenate documents into full sequences (default)")] = None
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    __pydantic_config__ = _STRICT
+    lr: Annotated[float, Field(gt=0, le=1.0)] = 3e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: Annotated[float, Field(gt=0)] = 1e-8
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """The loop: batch sizes, length, and how often to evaluate and log."""
+
+    __pydantic_config__ = _STRICT
+    micro_batch: Annotated[int, Field(ge=1, le=65536)] = 8
+    grad_accum: Annotated[int, Field(ge=1, le=65536)] = 1
+    max_steps: Annotated[int | None, Field(ge=1)] = None
+    epochs: Annotated[float | None, Field(gt=0)] = None
+    eval_every: Annotated[int | None, Field(ge=1, description="steps; default: only at the end")] = None
+    eval_max_batches: Annotated[int, Field(ge=1, description="per worker")] = 50
+    log_every: Annotated[int, Field(ge=1)] = 10
+    seed: int = 0
+    compile: Annotated[bool, Field(description="torch.compile each decoder layer: pays on long GPU runs, "
+                                               "costs minutes of compiling first")] = False
+
+
+@dataclass(frozen=True)
+class DeepSpeedSpec:
+    __pydantic_config__ = _STRICT
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    offload_params: Literal["none", "cpu"] = "none"
+    precision: Annotated[Literal["auto", "bf16", "fp16", "fp32"],
+                         Field(description="auto: bf16 on GPU, fp32 on CPU")] = "auto"
+    gradient_clipping: Annotated[float, Field(ge=0)] = 1.0
+    # DeepSpeed's own config, merged last and passed on as is: a plain dict on purpose.
+    override: Annotated[dict[str, Any], Field(description="raw DeepSpeed config, merged last")] = field(
+        default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    __pydantic_config__ = _STRICT
+    uri: Annotated[str, Field(min_length=1)]
+    every_steps: Annotated[int, Field(ge=1)] = 100
+    keep: Annotated[int, Field(ge=1)] = 2
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything a worker needs from a training manifest: the sections above, and where the
+    trained model goes. What only the control plane needs (name, resources, output mode) stays
+    in the manifest."""
+
+    task: TrainingTask
+    objective: Objective
+    model: ModelSpec
+    data: DataSpec
+    optimizer: OptimizerSpec
+    training: TrainingSpec
+    deepspeed: DeepSpeedSpec
+    checkpoint: CheckpointSpec
+    output_uri: str
