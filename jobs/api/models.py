@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobs.lifecycle import JobState
-from jobs.service import cron
+from jobs.service.cron import valid_cron
 
 
 class ScheduleSpec(BaseModel):
@@ -20,10 +20,10 @@ class ScheduleSpec(BaseModel):
 
     @field_validator("cron")
     @classmethod
-    def _valid(cls, cron: str) -> str:
-        if len(cron.split()) != 5 or not cron.valid_cron(cron):
+    def _valid(cls, expression: str) -> str:
+        if len(expression.split()) != 5 or not valid_cron(expression):
             raise ValueError("not a valid five-field cron expression")
-        return cron
+        return expression
 
 
 class SubmitRequest(BaseModel):
