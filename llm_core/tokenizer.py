@@ -2,6 +2,14 @@
 
 - `ModelTokenizer`: tokenizer and chat template for inference (tokenizers + jinja2, no
   transformers: the inference engines never import it).
+- `ChatTemplateError`: a chat template that does not compile, fails, or tries to leave its sandbox.
+
+A chat template comes from the model folder, which a tenant chooses: it is untrusted code. It is
+rendered in Jinja's `ImmutableSandboxedEnvironment`, as transformers renders it, so that it can
+format messages but not reach attributes starting with `_` (`cycler.__init__.__globals__`,
+`''.__class__.__mro__`), call unsafe methods or change the objects it is given; a product or
+power that would take gigabytes is refused too. Weights and tokenizers are never loaded with
+remote code (`trust_remote_code=False`).
 - `read_tokenizer_file`: the bare `tokenizers.Tokenizer` of tokenizer.json (the native engine).
 - `load_hf_tokenizer`: transformers' tokenizer with a pad token, for what pads batches the way
   training did (the training workers, and the classifier head that runs what they trained).
@@ -14,6 +22,8 @@ from functools import cached_property
 from pathlib import Path
 
 import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 # Used only when a folder has no chat template: the ChatML layout most instruct models share.
@@ -35,7 +45,8 @@ def load_hf_tokenizer(model_dir: str | Path):
     # Lazy: transformers takes seconds to import, and the inference engines never need it.
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    # Never run Python shipped in the folder (tokenizer classes named by `auto_map`).
+    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -49,9 +60,12 @@ class ModelTokenizer:
         template_file = self.model_dir / "chat_template.jinja"
         cfg_file = self.model_dir / "tokenizer_config.json"
         tok_cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-        self.chat_template = (
-            template_file.read_text() if template_file.exists() else tok_cfg.get("chat_template") or CHATML
-        )
+        if template_file.exists():
+            self.chat_template, self.template_source = template_file.read_text(), template_file.name
+        elif isinstance(tok_cfg.get("chat_template"), str):
+            self.chat_template, self.template_source = tok_cfg["chat_template"], f"{cfg_file.name} chat_template"
+        else:
+            self.chat_template, self.template_source = CHATML, "built-in ChatML"
         self._special = {k: tok_cfg.get(k) for k in ("bos_token", "eos_token") if isinstance(tok_cfg.get(k), str)}
 
     @cached_property
@@ -79,17 +93,69 @@ class ModelTokenizer:
 
     @cached_property
     def _template(self) -> jinja2.Template:
-        env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+        env = _TemplateSandbox(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
         env.globals["raise_exception"] = _raise
-        return env.from_string(self.chat_template)
+        try:
+            return env.from_string(self.chat_template)
+        except jinja2.TemplateSyntaxError as exc:
+            raise self._error(f"is not valid Jinja (line {exc.lineno}): {exc.message}") from None
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        return self._template.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self._special.get("bos_token", ""),
-            eos_token=self._special.get("eos_token", ""),
-        )
+        template = self._template  # compiled outside the try: a syntax error is reported as such
+        try:
+            return template.render(
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self._special.get("bos_token", ""),
+                eos_token=self._special.get("eos_token", ""),
+            )
+        except SecurityError as exc:
+            raise self._error(f"tried unsafe access: {str(exc).rstrip('.')} (templates are sandboxed: no attributes "
+                              "starting with '_', no unsafe calls, no changing objects)") from None
+        except _TooLarge as exc:
+            raise self._error(f"tried to build a value too large: {exc}") from None
+        except jinja2.TemplateError as exc:  # raise_exception(...) of the template, or an undefined name
+            raise self._error(f"failed: {exc.message}") from None
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:  # e.g. `'a' + 1` in the template
+            raise self._error(f"failed: {type(exc).__name__}: {exc}") from None
+
+    def _error(self, what: str) -> ChatTemplateError:
+        return ChatTemplateError(str(self.model_dir), f"chat template of {self.model_dir} "
+                                                      f"({self.template_source}) {what}")
+
+
+class ChatTemplateError(ValueError):
+    """A model folder's chat template was refused or failed; names the folder and the rule."""
+
+    def __init__(self, model_dir: str, message: str):
+        self.model_dir = model_dir
+        super().__init__(message)
+
+    def __reduce__(self):  # crosses Ray boundaries: rebuilt from the same arguments
+        return type(self), (self.model_dir, str(self))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+# A template may repeat a string (`'-' * 80`), not build gigabytes with one operator.
+_MAX_REPEAT, _MAX_EXPONENT = 100_000, 1_000
+
+
+class _TemplateSandbox(ImmutableSandboxedEnvironment):
+    """transformers' sandbox, with `*` and `**` bounded (the sandbox already bounds `range`)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > _MAX_EXPONENT:
+            raise _TooLarge(f"exponent {right} is over {_MAX_EXPONENT}")
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > _MAX_REPEAT:
+                    raise _TooLarge(f"a repeated sequence of {len(seq) * count} items is over {_MAX_REPEAT}")
+        return super().call_binop(context, operator, left, right)
 
 
 def _raise(message: str):

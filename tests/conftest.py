@@ -16,6 +16,8 @@ pytest_plugins = [
     "tests.support.s3_server",  # moto_server, s3_bucket
     "tests.support.two_node_cluster",  # two_node_cluster
     "tests.support.control_plane",  # ray_cluster, services, pg_url
+    "tests.support.store_urls",  # db_as_written
+    "tests.support.local_ray",  # ray_base
     "tests.support.infra_support",  # registry
     "tests.support.chromium",  # chromium
 ]

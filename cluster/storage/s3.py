@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from cluster.storage import retry
 from cluster.storage.backend import FileRef
-from cluster.storage.s3_client import client, filesystem
+from cluster.storage.s3_client import client, filesystem, missing_though_denied
 from cluster.storage.s3_conditional import put_if_absent, upload_part_size
 from cluster.storage.settings import s3_settings
 from cluster.storage.uri import as_prefix, glob_base, glob_regex, has_glob, is_hidden, split_s3
@@ -59,7 +59,7 @@ def head(uri: str) -> FileRef | None:
         try:
             r = client().head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if _is_missing(exc):
+            if _is_missing(exc) or missing_though_denied(exc, bucket, key):  # 403: a tenant's policy
                 return None
             raise
         return FileRef(uri=f"s3://{bucket}/{key}", size=r["ContentLength"], version=r["ETag"].strip('"'))

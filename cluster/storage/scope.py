@@ -80,3 +80,11 @@ class Scope:
         if not self.may_write(uri):
             raise ScopeError(uri, "write", self.who)
         return uri
+
+    def check(self, action: str, uri: str, resolved: str | None = None) -> None:
+        """Refuse `action` ("read" or "write") on `uri` unless `resolved` (what the URI really is
+        at this moment: a real path, an opened file's path; default the URI itself) is in scope.
+        The error names the URI the job asked for, not where a symlink points."""
+        prefixes = self.read if action == "read" else self.write
+        if not within(resolved or uri, prefixes):
+            raise ScopeError(uri, action, self.who)

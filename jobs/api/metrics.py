@@ -1,14 +1,21 @@
-"""/metrics in Prometheus text format: request counts and, read at scrape time, jobs by state."""
+"""/metrics in Prometheus text format: request counts and, read at scrape time, jobs by state.
+
+Behind a token (any; Prometheus sends it with `authorization: {credentials: ...}`), and no label
+names a tenant: routes are templates (`/v1/jobs/{job_id}`), job counts are by state only."""
 
 from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from jobs.api.deps import principal
 from jobs.lifecycle import JobState
+from jobs.service.auth import Principal
 from jobs.service.store.job_store import Store
 
 router = APIRouter()
@@ -46,5 +53,5 @@ class Metrics:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(request: Request) -> Response:
+def metrics(request: Request, _who: Annotated[Principal, Depends(principal)]) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,16 +1,23 @@
-"""GET /: a small read-only status page (no token: it shows states and counts, not manifests).
+"""GET /: a small read-only status page, scoped like the API.
 
-Server-rendered and refreshed every few seconds, so it needs no JavaScript and no build step.
+With a token (`Authorization: Bearer ...`, e.g. from a browser extension or a proxy that adds it)
+it lists the caller's jobs, an admin's page every job. Without one it shows only the counts by
+state over all jobs: no ids, names, owners or errors. Server-rendered and refreshed every few
+seconds, so it needs no JavaScript and no build step.
 """
 
 from __future__ import annotations
 
 from html import escape
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
+from jobs.api.deps import optional_principal
 from jobs.lifecycle import JobState
+from jobs.service.auth import Principal
 from jobs.service.store.job_store import shards_finished
 
 router = APIRouter()
@@ -54,19 +61,24 @@ def _row(job: dict) -> str:
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-def status_page(request: Request, limit: int = 200) -> HTMLResponse:
+def status_page(request: Request, who: Annotated[Principal | None, Depends(optional_principal)],
+                limit: int = 200) -> HTMLResponse:
     store = request.app.state.store
-    counts = store.count_by_state()
-    rows = store.list_jobs(limit=max(1, min(limit, 1000)))
+    owner = None if who is None or who.admin else who.name
+    counts = store.count_by_state(owner)
+    rows = [] if who is None else store.list_jobs(owner=owner, limit=max(1, min(limit, 1000)))
     count_html = "".join(f"<span>{s}: <b>{counts.get(s, 0)}</b></span>" for s in JobState)
     running_tps = sum((j.get("progress") or {}).get("tokens_per_s") or 0 for j in rows
                       if j["state"] == JobState.RUNNING)
-    count_html += f"<span>throughput of running jobs: <b>{running_tps:,.1f}</b> tokens/s</span>"
-    body = "".join(_row(j) for j in rows) or "<tr><td colspan=11>no jobs yet</td></tr>"
+    if who is not None:
+        count_html += f"<span>throughput of running jobs: <b>{running_tps:,.1f}</b> tokens/s</span>"
+    empty = "no jobs yet" if who is not None else "send a token (Authorization: Bearer ...) to see your jobs"
+    body = "".join(_row(j) for j in rows) or f"<tr><td colspan=11>{empty}</td></tr>"
+    title = "all jobs" if who is None or who.admin else f"jobs of {escape(who.name)}"
     html = (
         "<!doctype html><html><head><meta charset='utf-8'><meta http-equiv='refresh' content='5'>"
         f"<title>llmbatch status</title><style>{STYLE}</style></head><body>"
-        f"<h1>llmbatch: jobs</h1><p class='counts'>{count_html}</p>"
+        f"<h1>llmbatch: {title}</h1><p class='counts'>{count_html}</p>"
         "<table><thead><tr><th>id</th><th>name</th><th>owner</th><th>queue</th><th>state</th>"
         "<th>attempts</th><th>progress (shards)</th><th>rows</th><th>tokens/s</th><th>last error</th>"
         f"<th>created (UTC)</th></tr></thead><tbody>{body}</tbody></table></body></html>"

@@ -28,9 +28,6 @@ class ClientError(Exception):
         lines = "".join(f"\n  - {f['path']}: {f['message']}" for f in self.fields)
         super().__init__(f"{message} (HTTP {status}){lines}")
 
-    def __reduce__(self):  # crosses Ray boundaries: rebuild from the same arguments
-        return (type(self), (self.status, self.message, self.fields))
-
     def __reduce__(self):  # rebuild from the same arguments (the message is derived from them)
         return (ClientError, (self.status, self.message, self.fields))
 
@@ -76,8 +73,24 @@ class Client:
     def cancel(self, job_id: str) -> dict:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def audit(self, **params) -> dict:
+        """A page of the audit log (admin tokens only): {"lines": [...], "next_before": seq | None}."""
+        return self._call("GET", "/v1/audit", params=params)
+
     def events(self, job_id: str, after: int = 0) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}/events", params={"after": after})
+
+    def schedules(self, owner: str | None = None) -> list[dict]:
+        """The caller's cron schedules (an admin's: everyone's, or `owner`'s)."""
+        return self._call("GET", "/v1/schedules", params={"owner": owner} if owner else {})
+
+    def schedule(self, schedule_id: str) -> dict:
+        """One schedule with `skipped`: its recent periods that did not run, and why."""
+        return self._call("GET", f"/v1/schedules/{schedule_id}")
+
+    def delete_schedule(self, schedule_id: str) -> dict:
+        """Stop a schedule (no further runs; runs already started go on)."""
+        return self._call("DELETE", f"/v1/schedules/{schedule_id}")
 
     def follow(self, job_id: str, poll_s: float = 1.0) -> Iterator[dict]:
         """Every event of a job, waiting for new ones until the job has ended."""

@@ -8,6 +8,7 @@ import sys
 from cluster.model_cache import models_dir
 from jobs.lifecycle import JobState
 from jobs.manifest import ManifestError, load_manifest
+from jobs.manifest.uri_fields import check_models
 from llm_core.weights.builtin import BUILTIN_MODELS
 from workers.model_resolver import resolve_model
 from workers.output.location import OutputMode
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load(path: str):
     try:
-        return load_manifest(path)
+        return check_models(load_manifest(path), path)  # a wrong model: refused before Ray starts
     except ManifestError as exc:
         print(f"error: {path}: manifest refused ({len(exc.errors)} error(s))", file=sys.stderr)
         for err in exc.errors:
@@ -57,6 +58,7 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     # Ray, pyarrow and the engines load only when a job runs, not for every command.
+    from cluster import ray_cluster
     from jobs.run.display import print_summary
     from jobs.run.registry import runner_for
 
@@ -65,8 +67,11 @@ def cmd_run(args) -> int:
         return 2
     if args.output_mode:
         manifest = manifest.model_copy(update={"output": manifest.output.model_copy(update={"mode": args.output_mode})})
-    result = runner_for(manifest)(manifest, job_id=args.job_id, ray_address=args.ray_address,
-                                  show_progress=not args.no_progress)
+    try:
+        result = runner_for(manifest)(manifest, job_id=args.job_id, ray_address=args.ray_address,
+                                      show_progress=not args.no_progress)
+    finally:  # also on Ctrl-C: a local Ray started for this run ends with it, all its processes
+        ray_cluster.shutdown()
     print_summary(result)
     if not result.ok:
         print(f"error: job {result.status}: {result.error}", file=sys.stderr)

@@ -6,14 +6,16 @@ import argparse
 import sys
 
 from cluster import logs
-from jobs.cli import evaluate, local, remote, serve, tokens
+from jobs.cli import audit, evaluate, local, remote, schedules, serve, tokens
 
 # Each adds its subcommands with register(subparsers) and sets args.func; in help order.
 COMMAND_GROUPS = (
     local,  # run, validate, models
     serve,  # serve
-    tokens,  # tokens create
+    tokens,  # tokens create | list | revoke
+    audit,  # audit
     remote,  # submit, status, list, logs, cancel, wait
+    schedules,  # schedules list | show | delete
     evaluate,  # eval, report
 )
 

@@ -13,18 +13,23 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 
-import yaml
-
 from jobs.cli.client import Client, ClientError
 from jobs.cli.remote_progress import remote_progress
 from jobs.lifecycle import JobState
+from jobs.manifest.errors import ManifestError
+from jobs.manifest.load import read_manifest_file
 from jobs.service.store.tables import shards_finished
+
+
+def add_server(parser: argparse.ArgumentParser) -> None:
+    """--server, for every command that talks to the service."""
+    parser.add_argument("--server", default=None, help="service URL (default $LLMBATCH_SERVER or http://127.0.0.1:8080)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     def remote(name: str, help: str, func, *, job_id: bool = True):
         r = sub.add_parser(name, help=help)
-        r.add_argument("--server", default=None, help="service URL (default $LLMBATCH_SERVER or http://127.0.0.1:8080)")
+        add_server(r)
         if job_id:
             r.add_argument("job_id", metavar="ID")
         r.set_defaults(func=func)
@@ -50,8 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     remote("wait", "wait for a job with a progress bar; exit 0 only if it succeeded", cmd_wait)
 
 
-def _client(args) -> Client:
+def client(args) -> Client:
     return Client(args.server)
+
+
+_client = client
 
 
 def _absolute_local(manifest: dict) -> dict:
@@ -70,7 +78,8 @@ def _absolute_local(manifest: dict) -> dict:
     return out
 
 
-def _run(fn: Callable[[], int]) -> int:
+def run_call(fn: Callable[[], int]) -> int:
+    """Run a command's body; a refusal from the service is one line on stderr and exit code 1."""
     try:
         return fn()
     except ClientError as exc:
@@ -78,9 +87,15 @@ def _run(fn: Callable[[], int]) -> int:
         return 1
 
 
+_run = run_call
+
+
 def cmd_submit(args) -> int:
-    with open(args.file) as f:
-        manifest = yaml.safe_load(f)
+    try:  # the same safe reading as `validate` (no aliases, duplicate keys or huge numbers)
+        manifest = read_manifest_file(args.file)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not isinstance(manifest, dict):
         print(f"error: {args.file} is not a mapping of manifest fields", file=sys.stderr)
         return 2
@@ -102,8 +117,11 @@ def cmd_submit(args) -> int:
     return _run(go)
 
 
-def _fmt_time(value) -> str:
+def fmt_time(value) -> str:
     return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+_fmt_time = fmt_time
 
 
 def cmd_status(args) -> int:

@@ -47,8 +47,9 @@ def _checked_files(uri: str | list[str], columns: list[str], what: str):
 
 def read_columns(uri: str | list[str], columns: list[str], what: str = "references") -> pa.Table:
     """These columns of every Parquet file named by `uri`."""
-    tables = [pq.read_table(path, filesystem=fs, columns=columns).select(columns)
-              for _, fs, path in _checked_files(uri, columns, what)]
+    # Opened through storage.open_input: the job's scope is checked on the file really opened.
+    tables = [pq.read_table(storage.open_input(file_uri), columns=columns).select(columns)
+              for file_uri, _, _ in _checked_files(uri, columns, what)]
     return pa.concat_tables(tables, promote_options="permissive")
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cluster.hashing import stable_json_sha256
+from workers.uri_field import WRITES
 
 JobName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 Problems = list[tuple[tuple, str]]  # (location, message) pairs
@@ -46,5 +47,5 @@ class CrossChecked(Strict):
 
 
 class OutputSpec(Strict):
-    uri: str = Field(..., min_length=1)
+    uri: Annotated[str, WRITES] = Field(..., min_length=1)  # overwrite deletes there: a write too
     mode: Literal["error_if_exists", "overwrite", "resume"] = "error_if_exists"

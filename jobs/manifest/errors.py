@@ -25,11 +25,11 @@ class ManifestError(ValueError):
     def __init__(self, source: str, errors: list[FieldError]):
         self.source = source
         self.errors = errors
-        lines = "\n".join(f"  - {e}" for e in errors)
-        super().__init__(f"invalid manifest {source}: {len(errors)} error(s)\n{lines}")
-
-    def __reduce__(self):  # crosses Ray boundaries: rebuild from the same arguments
-        return (type(self), (self.source, self.errors))
+        if len(errors) == 1:  # one problem, one line (the CLI and logs show it as is)
+            super().__init__(f"invalid manifest {source}: {errors[0]}")
+        else:
+            lines = "\n".join(f"  - {e}" for e in errors)
+            super().__init__(f"invalid manifest {source}: {len(errors)} error(s)\n{lines}")
 
     def __reduce__(self):
         # Rebuilt from its fields, not from the message (`args`): it crosses Ray's pickling.

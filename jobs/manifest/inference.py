@@ -15,6 +15,7 @@ from jobs.manifest.common import CrossChecked, JobName, OutputSpec, Problems, St
 from jobs.manifest.tasks import Task
 from llm_core.metrics import DEFAULT_METRICS, KNOWN_METRICS
 from llm_core.tasks import TaskKind
+from workers.uri_field import MODEL, READS
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
@@ -23,7 +24,7 @@ BASELINE_TASKS = (TaskKind.SUMMARIZE, TaskKind.TRANSLATE, TaskKind.CLASSIFY)
 
 
 class InputSpec(Strict):
-    uri: Annotated[str | list[str], AfterValidator(check_uris)] = Field(
+    uri: Annotated[str | list[str], AfterValidator(check_uris), READS] = Field(
         ..., description="a Parquet file, a folder/prefix, a glob, or a list"
     )
     text_column: str = "text"
@@ -62,7 +63,7 @@ class EvaluateSpec(Strict):
     """Score the output against references when the job is done (`_metrics.json`)."""
 
     reference_column: str = Field(..., min_length=1)
-    references_uri: str | list[str] | None = Field(
+    references_uri: Annotated[str | list[str] | None, READS] = Field(
         None, description="Parquet file(s) with input.id_column + reference_column; default: the input itself"
     )
     metrics: list[str] | None = Field(None, description="default: the task's (llm_core.metrics.DEFAULT_METRICS)")
@@ -85,7 +86,7 @@ class InferenceManifest(CrossChecked):
     kind: Literal["inference"] = "inference"
     name: JobName
     task: Task
-    model: str = DEFAULT_MODEL
+    model: Annotated[str, MODEL] = DEFAULT_MODEL
     engine: Literal["auto", "native", "hf", "baseline"] = "auto"  # baseline: no language model
     input: InputSpec
     output: OutputSpec

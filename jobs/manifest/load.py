@@ -1,7 +1,8 @@
 """Reading a manifest: YAML or JSON text -> the model its `kind` names, or ManifestError.
 
 A bad manifest is refused whole, every problem listed with its field path, before any work
-starts. Fields that look like credentials are refused wherever they appear.
+starts. Fields that look like credentials are refused wherever they appear. The text itself is
+read by `yaml_text` (no anchors, aliases, duplicate keys, huge numbers or non-UTF-8 bytes).
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from jobs.manifest.errors import FieldError, ManifestError, errors_from_validation
 from jobs.manifest.inference import InferenceManifest
 from jobs.manifest.secrets import find_credential_fields
 from jobs.manifest.training import TrainingManifest
+from jobs.manifest.yaml_text import MAX_BYTES, decode_text, load_yaml_text
 
 Manifest = InferenceManifest | TrainingManifest
 
@@ -42,20 +43,27 @@ def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     return manifest
 
 
-def parse_manifest_text(text: str, source: str = "<manifest>") -> Manifest:
+def parse_manifest_text(text: str | bytes, source: str = "<manifest>") -> Manifest:
+    return parse_manifest(read_manifest_text(text, source), source)
+
+
+def read_manifest_text(text: str | bytes, source: str = "<manifest>") -> Any:
+    """YAML or JSON text (bytes must be UTF-8) -> plain data, not yet validated."""
+    return load_yaml_text(decode_text(text, source) if isinstance(text, bytes) else text, source)
+
+
+def read_manifest_file(path: str | Path) -> Any:
+    """A manifest file's plain data, read as `load_manifest` reads it (the CLI's `submit` sends it)."""
+    p = Path(path)
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ManifestError(source, [FieldError("", f"not valid YAML: {where}{exc}")]) from None
-    return parse_manifest(data, source)
+        with p.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # never more than the limit into memory
+    except OSError as exc:
+        raise ManifestError(str(p), [FieldError("", f"cannot read file: {exc.strerror}")]) from None
+    if len(raw) > MAX_BYTES:
+        raise ManifestError(str(p), [FieldError("", f"file is over the {MAX_BYTES}-byte limit of a manifest")])
+    return read_manifest_text(raw, str(p))
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ManifestError(str(p), [FieldError("", f"cannot read file: {exc.strerror}")]) from None
-    return parse_manifest_text(text, str(p))
+    return parse_manifest(read_manifest_file(path), str(path))

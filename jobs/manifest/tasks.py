@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from jobs.manifest.common import Strict
 from llm_core.tasks import TaskKind
+from workers.uri_field import READS
 
 
 class SummarizeTask(Strict):
@@ -38,7 +39,7 @@ class ClassifyTask(Strict):
     labels: list[str] = Field(..., min_length=2)
     instructions: str | None = None
     system_prompt: str | None = None
-    train_uri: str | list[str] | None = Field(
+    train_uri: Annotated[str | list[str] | None, READS] = Field(
         None, description="engine: baseline only: Parquet training rows (input.text_column + train_label_column)"
     )
     train_label_column: str = "label"

@@ -47,9 +47,13 @@ def _result_data(result: JobResult | dict) -> dict:
 @ray.remote(num_cpus=0, max_restarts=0)
 class JobRunner:
     def __init__(self, job_id: str, manifest: dict, runner: Runner | None = DEFAULT_RUNNER,
-                 ray_address: str | None = None, s3_settings: storage.S3Settings | None = None):
+                 ray_address: str | None = None, s3_settings: storage.S3Settings | None = None,
+                 scope: storage.Scope | None = None):
         self.job_id, self.manifest, self.runner, self.ray_address = job_id, manifest, runner, ray_address
         storage.use_s3_settings(s3_settings)  # the service's, passed on to the actors this run starts
+        # The owner's scope (None: unrestricted): this process and every actor the run starts
+        # check it at each open, read, write and delete.
+        storage.use_scope(scope)
         self._cancel = threading.Event()
         self._progress: dict | None = None
         self._result: dict | None = None
@@ -76,6 +80,9 @@ class JobRunner:
             result = run(manifest, job_id=self.job_id, ray_address=self.ray_address,
                          on_progress=self._on_progress, cancel=self._cancel, show_progress=False)
             self._result = _result_data(result)
+        except storage.ScopeError as exc:  # a refusal, not a crash: one line naming the file and rule
+            structlog.get_logger().warning("runner.refused", error=str(exc))
+            self._result = JobResult(JobState.FAILED, None, str(exc), {}).to_dict()
         except BaseException as exc:  # the service must learn of every way a run ends
             structlog.get_logger().error("runner.crashed", error=repr(exc))
             self._result = JobResult(JobState.FAILED, None, f"{type(exc).__name__}: {exc}",

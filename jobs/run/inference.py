@@ -11,7 +11,7 @@ import time
 
 import structlog
 
-from cluster import ray_cluster
+from cluster import ray_cluster, storage
 from jobs.evaluation import scoring as evaluation
 from jobs.lifecycle import JobState
 from jobs.manifest import InferenceManifest
@@ -50,9 +50,9 @@ def sampling_params(m: InferenceManifest) -> SamplingParams:
     )
 
 
-def build_work(m: InferenceManifest, job_id: str) -> ShardWork:
+def build_work(m: InferenceManifest, job_id: str, output: OutputLocation | None = None) -> ShardWork:
     return ShardWork(
-        job_id=job_id, output=OutputLocation.at(m.output.uri), task=task_spec(m), sampling=sampling_params(m),
+        job_id=job_id, output=output or OutputLocation.at(m.output.uri), task=task_spec(m), sampling=sampling_params(m),
         id_column=m.input.id_column, text_column=m.input.text_column,
         language_column=getattr(m.task, "target_language_column", None),
         max_input_tokens=m.params.max_input_tokens, on_long_input=m.params.on_long_input,
@@ -66,12 +66,15 @@ def run_key(m: InferenceManifest) -> dict:
 
 def run_job(manifest: InferenceManifest, *, job_id: str | None = None, ray_address: str | None = None,
             on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-            show_progress: bool = False) -> JobResult:
-    output = OutputLocation.at(manifest.output.uri)
-    with Run(manifest.name, output, job_id=job_id, on_progress=on_progress, show_progress=show_progress) as run:
+            show_progress: bool = False, scope: storage.Scope | None = None) -> JobResult:
+    """`scope` (default: this process's) travels with the output location and the shard work to
+    every actor; each read, write and delete is checked against it where the file is opened."""
+    with storage.scoped(scope) as scope, \
+            Run(manifest.name, OutputLocation.at(manifest.output.uri, scope), job_id=job_id,
+                on_progress=on_progress, show_progress=show_progress) as run:
         try:
             return _run(manifest, run, ray_address, cancel)
-        except (PoolError, OutputExistsError, FileNotFoundError, ValueError) as exc:
+        except (PoolError, OutputExistsError, FileNotFoundError, ValueError, storage.ScopeError) as exc:
             log.error("job.failed", error=str(exc))
             return run.end(JobState.FAILED, str(exc), run.counts(JobState.FAILED))
 
@@ -86,9 +89,10 @@ def _required_columns(manifest: InferenceManifest, work: ShardWork) -> dict[str,
 
 
 def _run(manifest: InferenceManifest, run: Run, ray_address: str | None, cancel: threading.Event | None) -> JobResult:
-    work = build_work(manifest, run.job_id)
     output = run.output
-    shards = plan_shards(manifest.input.uri, _required_columns(manifest, work), manifest.input.rows_per_shard)
+    work = build_work(manifest, run.job_id, output)
+    shards = plan_shards(manifest.input.uri, _required_columns(manifest, work), manifest.input.rows_per_shard,
+                         output.scope)
     if manifest.evaluate and manifest.evaluate.references_uri:
         evaluation.check_references(manifest.evaluate.references_uri, work.id_column,
                                     manifest.evaluate.reference_column)

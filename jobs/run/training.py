@@ -42,30 +42,40 @@ TOKENIZER_DIR = "tokenizer"
 
 def run_training(manifest: TrainingManifest, *, job_id: str | None = None, ray_address: str | None = None,
                  on_progress: ProgressCallback | None = None, show_progress: bool = False,
-                 cancel: threading.Event | None = None, crash_at_step: int | None = None) -> JobResult:
+                 cancel: threading.Event | None = None, crash_at_step: int | None = None,
+                 scope: storage.Scope | None = None) -> JobResult:
     """Train to completion, failure or cancel.
 
     on_progress gets the job's JobProgress after each event from rank 0: `event` names what
     just happened (step, eval, resumed, cancelled, done), `step` and `total_steps` where it is,
     `values` the latest loss, lr, tokens_per_s, mfu, eval_*. `crash_at_step` is a chaos-test hook.
+    `scope` (default: this process's) is checked at every read, write and delete, here and in
+    the training workers (data, checkpoints, export).
     """
+    with storage.scoped(scope):
+        return _train(manifest, job_id, ray_address, on_progress, show_progress, cancel, crash_at_step)
+
+
+def _train(manifest: TrainingManifest, job_id, ray_address, on_progress, show_progress, cancel,
+           crash_at_step) -> JobResult:
     manifest = absolute_uris(manifest)
     output = OutputLocation.at(manifest.output.uri)
     with Run(manifest.name, output, job_id=job_id, on_progress=on_progress, show_progress=show_progress) as run:
         log = structlog.get_logger().bind(job=manifest.name)
         try:
             earlier = run.prepare(manifest.output.mode, parts_resumable=False)
-        except OutputExistsError as exc:
+            if earlier is None and manifest.output.mode == OutputMode.OVERWRITE:
+                storage.delete_prefix(manifest.checkpoint.uri)
+        except (OutputExistsError, storage.ScopeError) as exc:
             return run.end(JobState.FAILED, str(exc))
         if earlier is not None:
             return earlier
-        if manifest.output.mode == OutputMode.OVERWRITE:
-            storage.delete_prefix(manifest.checkpoint.uri)
         try:
             ray_cluster.connect(ray_address)
             config = _prepare(manifest, run.job_id, log)
             config["crash_at_step"] = crash_at_step
             config["s3_settings"] = storage.s3_settings()  # the workers use the driver's S3 settings
+            config["scope"] = storage.current_scope()  # and the job's scope, checked at every open
             events, elapsed = _fit(manifest, run, config, cancel)
         except Exception as exc:  # the job fails with the reason; the caller records it
             log.exception("train.failed", error=str(exc))

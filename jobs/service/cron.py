@@ -1,7 +1,10 @@
 """Cron schedules: a stored submit request that the job scheduler turns into one job per period.
 
 Each run's idempotency key names its period, so two service processes (or a restart between
-creating the job and advancing the schedule) never start one period twice.
+creating the job and advancing the schedule) never start one period twice. A period that is not
+run (its previous run still going, or missed with `on_missed: skip`) is recorded where the owner
+can read it: an event of kind "schedule" on the schedule's newest job (the one still running),
+or, before the schedule's first job, an audit line in the owner's name; `skipped_runs` reads both.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from sqlalchemy import insert, select, update
 
 from jobs.lifecycle import ACTIVE_STATES
 from jobs.service.store.job_store import Store, utcnow
-from jobs.service.store.tables import jobs, schedules
+from jobs.service.store.tables import audit_log, job_events, jobs, schedules
 
 log = structlog.get_logger()
 
 # A period whose time passed more than this long ago was missed (the service was down).
 MISSED_AFTER_S = 60.0
+SKIP_EVENT = "schedule"  # job_events.kind of a skipped period
+SKIP_AUDIT = "schedule_skip"  # audit_log.action of one skipped before the schedule's first job
 
 
 def valid_cron(expr: str) -> bool:
@@ -66,9 +71,13 @@ def get(store: Store, schedule_id: str) -> dict | None:
     return dict(r) if r else None
 
 
-def list_all(store: Store) -> list[dict]:
+def list_all(store: Store, owner: str | None = None) -> list[dict]:
+    """Every schedule, oldest first; only `owner`'s when given."""
+    q = select(schedules).order_by(schedules.c.created_at)
+    if owner is not None:
+        q = q.where(schedules.c.owner == owner)
     with store.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(schedules).order_by(schedules.c.created_at)).mappings()]
+        return [dict(r) for r in conn.execute(q).mappings()]
 
 
 def disable(store: Store, schedule_id: str) -> bool:
@@ -99,10 +108,11 @@ def due_runs(store: Store, now: datetime | None = None) -> list[tuple[dict, date
         if not won:
             continue
         if missed and sch["on_missed"] == "skip":
-            log.info("schedule.missed_skipped", schedule_id=sch["id"], period=period.isoformat())
+            _record_skip(store, sch, period, "missed", _newest_run(store, sch["id"]))
             continue
-        if _has_active_run(store, sch["id"]):
-            log.info("schedule.overlap_skipped", schedule_id=sch["id"], period=period.isoformat())
+        active = _newest_run(store, sch["id"], active=True)
+        if active is not None:
+            _record_skip(store, sch, period, "overlap", active)
             continue
         runs.append((sch, period))
     return runs
@@ -119,10 +129,54 @@ def _latest_period(expr: str, first_due: datetime, now: datetime) -> datetime:
     return period
 
 
-def _has_active_run(store: Store, schedule_id: str) -> bool:
+def _newest_run(store: Store, schedule_id: str, *, active: bool = False) -> str | None:
+    """The id of the schedule's newest job (only among queued and running ones if `active`)."""
+    q = select(jobs.c.id).where(jobs.c.schedule_id == schedule_id)
+    if active:
+        q = q.where(jobs.c.state.in_(ACTIVE_STATES))
     with store.engine.connect() as conn:
-        return conn.execute(select(jobs.c.id).where(jobs.c.schedule_id == schedule_id,
-                                                    jobs.c.state.in_(ACTIVE_STATES)).limit(1)).first() is not None
+        return conn.execute(q.order_by(jobs.c.created_at.desc()).limit(1)).scalar()
+
+
+def _record_skip(store: Store, sch: dict, period: datetime, reason: str, job_id: str | None) -> None:
+    why = (f"the previous run {job_id} is still {_state(store, job_id)}" if reason == "overlap"
+           else "the service was down at that time (on_missed: skip)")
+    message = f"schedule {sch['id']}: run for {period:%Y-%m-%d %H:%M} UTC skipped: {why}"
+    data = {"schedule_id": sch["id"], "period": period.isoformat(), "reason": reason}
+    log.info("schedule.skipped", job_id=job_id, **data)
+    if job_id is not None:
+        store.add_event(job_id, SKIP_EVENT, message, data=data)
+    else:  # no job yet to hang it on: the owner's audit line (no new table for this)
+        store.audit(sch["owner"], SKIP_AUDIT, None, {**data, "message": message})
+
+
+def _state(store: Store, job_id: str) -> str:
+    job = store.get(job_id)
+    return str(job["state"].value) if job else "running"
+
+
+def skipped_runs(store: Store, sch: dict, limit: int = 20) -> list[dict]:
+    """The schedule's newest skipped periods: {at, period, reason, job_id, message}, newest first."""
+    q = (select(job_events.c.at, job_events.c.job_id, job_events.c.message, job_events.c.data)
+         .join(jobs, jobs.c.id == job_events.c.job_id)
+         .where(jobs.c.schedule_id == sch["id"], job_events.c.kind == SKIP_EVENT)
+         .order_by(job_events.c.seq.desc()).limit(limit))
+    audit_q = (select(audit_log.c.at, audit_log.c.detail).where(
+        audit_log.c.action == SKIP_AUDIT, audit_log.c.actor == sch["owner"])
+        .order_by(audit_log.c.seq.desc()).limit(10 * limit))
+    with store.engine.connect() as conn:
+        found = [_skip_row(r["at"], r["job_id"], r["message"], r["data"]) for r in conn.execute(q).mappings()]
+        for r in conn.execute(audit_q).mappings():
+            detail = r["detail"] or {}
+            if detail.get("schedule_id") == sch["id"]:
+                found.append(_skip_row(r["at"], None, detail.get("message"), detail))
+    return sorted(found, key=lambda row: row["at"], reverse=True)[:limit]
+
+
+def _skip_row(at: datetime, job_id: str | None, message: str | None, data: dict | None) -> dict:
+    data = data or {}
+    return {"at": at, "period": data.get("period"), "reason": data.get("reason"), "job_id": job_id,
+            "message": message}
 
 
 def run_key(schedule_id: str, period: datetime) -> str:

@@ -15,6 +15,7 @@ import structlog
 
 from jobs.manifest import parse_manifest
 from jobs.manifest.errors import FieldError, ManifestError
+from jobs.manifest.uri_fields import check_models
 from jobs.service import cron
 from jobs.service.auth import Principal, principal_by_name, uri_violations
 from jobs.service.store.job_store import IdempotencyConflict, NewJob, Store, utcnow
@@ -48,12 +49,14 @@ def expand_manifest(manifest: dict, *, when: datetime, run_id: str) -> dict:
 
 
 def check_manifest(principal: Principal, manifest: dict, source: str = "manifest"):
-    """Parse (ManifestError, field paths relative to the manifest) then check URI prefixes."""
+    """Parse (ManifestError, field paths relative to the manifest), check every location it names
+    against the token's scope (AccessDenied), then that its model references can be loaded
+    (ManifestError). Scope first: a path outside the scope is never looked at."""
     parsed = parse_manifest(manifest, source)
-    denied = uri_violations(principal, manifest)
+    denied = uri_violations(principal, parsed)
     if denied:
         raise AccessDenied([FieldError(path, msg) for path, msg in denied])
-    return parsed
+    return check_models(parsed, source)
 
 
 def _resources(parsed) -> tuple[float, float]:

@@ -26,6 +26,7 @@ from cluster import ray_cluster
 from jobs.lifecycle import IllegalTransition, JobState
 from jobs.run.protocol import Runner
 from jobs.service import runner_actors
+from jobs.service.error_text import tenant_error
 from jobs.service.queue import Admission, enqueue_schedule_runs
 from jobs.service.store.job_store import Store, utcnow
 
@@ -74,10 +75,12 @@ class Scheduler:
         log.info("scheduler.started", scheduler=self.id, ray_address=self.cfg.ray_address)
 
     def stop(self) -> None:
-        """Stop watching; runners keep going and a later service re-attaches to them."""
+        """Stop watching and leave Ray. On a cluster the runners keep going and a later service
+        re-attaches to them; a local Ray this process started ends with every process of it."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=30)
+        ray_cluster.shutdown()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -120,7 +123,7 @@ class Scheduler:
         pending = []
         for row in claimed:
             try:
-                pending.append((row, runner_actors.create(row, self.cfg.runner, self.cfg.ray_address)))
+                pending.append((row, runner_actors.create(row, self.cfg.runner, self.cfg.ray_address, self.store)))
             except Exception as exc:
                 self._start_failed(row, exc)
         for row, handle in pending:
@@ -148,7 +151,7 @@ class Scheduler:
                                      f"GPUs; the cluster has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}")
 
     def _start_runner(self, row: dict, handle) -> None:
-        handle = runner_actors.start(row, handle, self.cfg.runner, self.cfg.ray_address)
+        handle = runner_actors.start(row, handle, self.cfg.runner, self.cfg.ray_address, self.store)
         self._attached[row["id"]] = Attached(handle)
         log.info("runner.started", job_id=row["id"], attempt=row["attempts"], queue=row["queue"])
 
@@ -221,7 +224,10 @@ class Scheduler:
 
     def _end(self, row: dict, status: JobState, *, error: str | None = None, summary: dict | None = None,
              output_uri: str | None = None, kill: bool = True) -> None:
-        """Record how a run ended (terminal, or queued again for a retry), then drop its runner."""
+        """Record how a run ended (terminal, or queued again for a retry), then drop its runner.
+        The tenant sees the error without colour codes, hosts or pids; the log keeps it whole."""
+        log.info("runner.ended", job_id=row["id"], status=status.value, error=error)
+        error = tenant_error(error)
         common = {"summary": summary, "output_uri": output_uri}
         if row["state"] == JobState.CANCELLING:
             ok = self._finish(row, JobState.CANCELLED, **common)
@@ -237,7 +243,6 @@ class Scheduler:
         else:
             ok = self._finish(row, JobState.FAILED, error=error or JobState.FAILED.value, failed_run=True,
                               **common)
-        log.info("runner.ended", job_id=row["id"], status=status.value, error=error, recorded=ok)
         if ok is None:
             return  # the job moved meanwhile (a cancel): the next poll decides again
         att = self._attached.pop(row["id"], None)

@@ -16,6 +16,7 @@ from llm_core.device import pick_device, pick_dtype
 from llm_core.engine.batching import token_budget_batches
 from llm_core.engine.sampling import Completion, SamplingParams
 from llm_core.engine.stops import truncate_at_stop
+from llm_core.models.loader import safetensors_files
 from llm_core.tokenizer import ModelTokenizer
 
 
@@ -32,7 +33,10 @@ class HFEngine:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         self.tokenizer = tokenizer or ModelTokenizer(self.model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=self.dtype)
+        safetensors_files(self.model_dir)  # refuses pickle-only folders with a clear message
+        # Weights from safetensors only, and never the Python a folder's config may name (auto_map).
+        self.model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=self.dtype,
+                                                          use_safetensors=True, trust_remote_code=False)
         self.model.to(self.device).eval()
         config = json.loads((self.model_dir / "config.json").read_text())
         self.max_context = int(config.get("max_position_embeddings") or 2048)

@@ -1,5 +1,10 @@
 """Load HF safetensors folders (one file, or shards listed in model.safetensors.index.json)
-into LlamaForCausalLM. Weights are only ever read with safetensors: never pickle."""
+into LlamaForCausalLM. Weights are only ever read with safetensors: never pickle.
+
+A model folder is chosen by a tenant, so nothing in it may run as code: pickle weights
+(`pytorch_model.bin`, `*.pt`, `*.ckpt`) are refused with `WeightsFormatError` rather than
+loaded, and a shard index may only name `.safetensors` files inside the folder itself.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +20,32 @@ from llm_core.models.llama import LlamaForCausalLM
 from llm_core.models.rope import inverse_frequencies
 
 
+# Formats whose loading unpickles, i.e. may run code the file's author chose.
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+class WeightsFormatError(ValueError):
+    """A model folder without safetensors weights, or with a shard index pointing elsewhere."""
+
+
 def safetensors_files(model_dir: Path) -> list[Path]:
+    """The folder's safetensors files; raises WeightsFormatError where there are none."""
+    model_dir = Path(model_dir)
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
-        return [model_dir / name for name in sorted(set(weight_map.values()))]
+        names = sorted(set(weight_map.values()))
+        bad = [n for n in names if Path(n).name != n or not n.endswith(".safetensors")]
+        if bad:
+            raise WeightsFormatError(f"model folder {model_dir}: {index.name} names {bad[0]!r}; shards must be "
+                                     ".safetensors files in the folder itself")
+        return [model_dir / name for name in names]
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"no safetensors weights in {model_dir}")
+        pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in model_dir.glob(pattern))
+        found = f"only pickle weights ({', '.join(pickled[:3])})" if pickled else "no weights"
+        raise WeightsFormatError(f"model folder {model_dir} holds {found}: llmbatch loads weights only from "
+                                 "safetensors or GGUF, never pickle (convert them to model.safetensors)")
     return files
 
 

@@ -17,6 +17,7 @@ from tests.support.service_fixtures import (
     runs,
     write_inputs,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -38,16 +39,6 @@ def start(services, *args, **kw) -> Service:
     svc = Service(*args, **kw)
     services.append(svc)
     return svc
-
-
-def wait_for(predicate, timeout=90.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("condition not met in time")
 
 
 def test_cli_submit_wait_status_list_logs(ray_cluster, db, token, tmp_path, services):

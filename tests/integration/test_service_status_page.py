@@ -1,10 +1,14 @@
-"""The status page (GET /) rendered by headless Chromium over real HTTP, with a screenshot."""
+"""The status page (GET /) over real HTTP: headless Chromium without a token sees only counts;
+the page an admin's token gets (httpx, Authorization header) is rendered by Chromium to a screenshot."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 
+import httpx
+
+from jobs.service.auth import create_token
 from jobs.service.store.job_store import NewJob, Store
 from tests.support.chromium import CHROMIUM
 from tests.support.paths import REPO
@@ -35,20 +39,30 @@ def test_status_page_in_headless_chromium(tmp_path, chromium):
     db = f"sqlite:///{tmp_path}/jobs.db"
     store = Store(db)
     ids = _populate(store)
+    admin = create_token(store, "ops", input_prefixes=["*"], output_prefixes=["*"], admin=True)
     svc = Service(db, None, runner=None, extra=["--no-scheduler"])
     try:
         shot = tmp_path / "status_page.png"
         common = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,600"]
-        dom = subprocess.run([*common, "--dump-dom", svc.url + "/"], capture_output=True, text=True, timeout=120)
-        subprocess.run([*common, f"--screenshot={shot}", svc.url + "/"], capture_output=True, timeout=120, check=True)
+        anonymous = subprocess.run([*common, "--dump-dom", svc.url + "/"], capture_output=True, text=True,
+                                   timeout=120).stdout
+        page = httpx.get(svc.url + "/", headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+        (tmp_path / "status_page.html").write_text(page.text)
+        local = (tmp_path / "status_page.html").as_uri()
+        html = subprocess.run([*common, "--dump-dom", local], capture_output=True, text=True, timeout=120).stdout
+        subprocess.run([*common, f"--screenshot={shot}", local], capture_output=True, timeout=120, check=True)
     finally:
         svc.stop()
         store.close()
-    html = dom.stdout
+    assert "running: <b>1</b>" in anonymous and "send a token" in anonymous
+    assert not any(job_id in anonymous for job_id in ids.values()) and "alice" not in anonymous
+    assert "boom" not in anonymous
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
     for state, job_id in ids.items():
         assert job_id in html and f"class=\"state {state}\"" in html
     assert "4/10" in html and "87.5" in html and "1,234" in html
     assert "&lt;boom&gt;" in html and "<boom>" not in html  # errors are escaped
+    assert "alice" in html  # an admin sees owners
     assert "running: <b>1</b>" in html
     assert shot.exists() and shot.stat().st_size > 5000 and shot.read_bytes()[:4] == b"\x89PNG"
     keep = REPO / "out" / "test-artifacts" / "status_page.png"

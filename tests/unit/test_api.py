@@ -1,5 +1,6 @@
 """The HTTP API in-process (real app, real store, no scheduler): auth, prefixes, error bodies,
-limits, idempotency, cancel, events, metrics, audit, and a 1,000-submission burst."""
+limits, idempotency, cancel, events, reads scoped to the owner, metrics, audit, and a
+1,000-submission burst."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ def _env(store, tmp_path):
     alice = create_token(store, "alice", input_prefixes=[str(tmp_path / "data")],
                          output_prefixes=[str(tmp_path / "out")])
     bob = create_token(store, "bob", input_prefixes=["*"], output_prefixes=["s3://team"])
+    root = create_token(store, "root", input_prefixes=["*"], output_prefixes=["*"], admin=True)
     client = TestClient(create_app(store, max_body_bytes=64 * 1024))
     return {"store": store, "client": client, "alice": {"Authorization": f"Bearer {alice}"},
-            "bob": {"Authorization": f"Bearer {bob}"}, "tmp": tmp_path}
+            "bob": {"Authorization": f"Bearer {bob}"}, "root": {"Authorization": f"Bearer {root}"},
+            "tmp": tmp_path}
 
 
 def manifest(tmp, **over):
@@ -105,13 +108,13 @@ def test_idempotency_cancel_events_and_audit(env):
     clash = c.post("/v1/jobs", json={**body, "priority": 4}, headers=env["alice"])
     assert clash.status_code == 409 and clash.json()["error"]["fields"][0]["path"] == "idempotency_key"
 
-    assert c.post(f"/v1/jobs/{job['id']}/cancel", headers=env["bob"]).status_code == 403  # not bob's
+    assert c.post(f"/v1/jobs/{job['id']}/cancel", headers=env["bob"]).status_code == 404  # not bob's: unseen
     r = c.post(f"/v1/jobs/{job['id']}/cancel", headers=env["alice"])
     assert r.status_code == 202 and r.json()["state"] == "cancelled"
     assert c.post(f"/v1/jobs/{job['id']}/cancel", headers=env["alice"]).status_code == 409
     ev = c.get(f"/v1/jobs/{job['id']}/events", headers=env["alice"]).json()
     assert [e["state"] for e in ev["events"]] == ["queued", "cancelling", "cancelled"]
-    listed = c.get("/v1/jobs", params={"state": "cancelled", "queue": "batch"}, headers=env["bob"]).json()
+    listed = c.get("/v1/jobs", params={"state": "cancelled", "queue": "batch"}, headers=env["root"]).json()
     assert [j["id"] for j in listed["jobs"]] == [job["id"]]
     actions = [(a["actor"], a["action"], a["detail"].get("outcome")) for a in env["store"].audit_lines(10)]
     assert ("alice", "submit", "created") in actions and ("alice", "submit", "existing") in actions
@@ -119,7 +122,8 @@ def test_idempotency_cancel_events_and_audit(env):
 
 
 def test_job_states_are_an_enum_in_the_openapi_schema(env):
-    spec = env["client"].get("/openapi.json").json()
+    assert env["client"].get("/openapi.json").status_code == 404  # docs are off unless `serve --docs`
+    spec = env["client"].app.openapi()
     states = [s.value for s in JobState]
     assert spec["components"]["schemas"]["JobState"]["enum"] == states
     ref = {"$ref": "#/components/schemas/JobState"}
@@ -134,11 +138,40 @@ def test_metrics_healthz_and_status_page(env):
     c = env["client"]
     c.post("/v1/jobs", json={"manifest": manifest(env["tmp"])}, headers=env["alice"])
     assert c.get("/healthz").json()["ok"] is True
-    text = c.get("/metrics").text
+    assert c.get("/metrics").status_code == 401
+    text = c.get("/metrics", headers=env["bob"]).text
     assert 'llmbatch_jobs{state="queued"} 1.0' in text
     assert 'llmbatch_http_requests_total{method="POST",route="/v1/jobs",status="201"} 1.0' in text
-    page = c.get("/")
-    assert page.status_code == 200 and "llmbatch: jobs" in page.text and "queued: <b>1</b>" in page.text
+    page = c.get("/", headers=env["root"])
+    assert page.status_code == 200 and "llmbatch: all jobs" in page.text and "queued: <b>1</b>" in page.text
+
+
+def test_reads_are_scoped_to_the_owner_and_an_admin_sees_all(env):
+    c, tmp = env["client"], env["tmp"]
+    mine = c.post("/v1/jobs", json={"manifest": manifest(tmp, name="a-secret-name")}, headers=env["alice"]).json()
+    theirs = c.post("/v1/jobs", json={"manifest": manifest(tmp, name="b-job", output={"uri": "s3://team/x"})},
+                    headers=env["bob"]).json()
+    a, b = mine["job"]["id"], theirs["job"]["id"]
+    ids = [j["id"] for j in c.get("/v1/jobs", headers=env["alice"]).json()["jobs"]]
+    assert ids == [a]
+    r = c.get("/v1/jobs", params={"owner": "bob"}, headers=env["alice"])
+    assert r.status_code == 403 and r.json()["error"]["fields"][0]["path"] == "query.owner"
+    assert [j["id"] for j in c.get("/v1/jobs", params={"owner": "alice"}, headers=env["alice"]).json()["jobs"]] == [a]
+    assert {j["id"] for j in c.get("/v1/jobs", headers=env["root"]).json()["jobs"]} == {a, b}
+    assert [j["id"] for j in c.get("/v1/jobs", params={"owner": "bob"}, headers=env["root"]).json()["jobs"]] == [b]
+    for path in (f"/v1/jobs/{b}", f"/v1/jobs/{b}/events"):  # another tenant's job is like no job at all
+        r = c.get(path, headers=env["alice"])
+        assert r.status_code == 404 and r.json()["error"]["message"] == f"no job {b}"
+        assert c.get(path, headers=env["root"]).status_code == 200 and c.get(path, headers=env["bob"]).status_code == 200
+    assert c.post(f"/v1/jobs/{b}/cancel", headers=env["alice"]).status_code == 404
+    page = c.get("/", headers=env["alice"]).text
+    assert a in page and b not in page and "llmbatch: jobs of alice" in page and "queued: <b>1</b>" in page
+    everyone = c.get("/", headers=env["root"]).text
+    assert a in everyone and b in everyone and "queued: <b>2</b>" in everyone
+    anonymous = c.get("/").text  # no token: counts over all jobs, nothing that names a tenant or a job
+    assert "queued: <b>2</b>" in anonymous and "send a token" in anonymous
+    assert not any(x in anonymous for x in (a, b, "alice", "bob", "a-secret-name", str(tmp)))
+    assert c.get("/", headers={"Authorization": "Bearer llmb_wrong"}).status_code == 401
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -10,18 +10,16 @@ import pytest
 import sqlalchemy as sa
 
 from jobs.lifecycle import IllegalTransition, JobState
-from jobs.service.store.job_store import IdempotencyConflict, NewJob, Store, utcnow
+from jobs.service.auth import authenticate, hash_token
+from jobs.service.store.job_store import IdempotencyConflict, NewJob, Store, make_engine, migrate, utcnow
 from jobs.service.store.tables import jobs
-from tests.support.control_plane import fresh_pg_database
+from jobs.service.tokens import list_tokens
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/jobs.db"
-        return
-    with fresh_pg_database() as url:
-        yield url
+@pytest.fixture
+def store_url(db_as_written):
+    """Each store test runs on SQLite and on PostgreSQL, with the URL as a user writes it."""
+    return db_as_written
 
 
 @pytest.fixture
@@ -42,7 +40,25 @@ def test_migrations_create_schema_and_rerun_is_a_no_op(store_url):
     names = set(sa.inspect(s.engine).get_table_names())
     assert {"jobs", "job_events", "schedules", "tokens", "audit_log", "alembic_version"} <= names
     with s.engine.connect() as conn:
-        assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0001"
+        assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0002"
+
+
+def test_upgrade_from_0001_keeps_tokens_and_adds_their_lifecycle(store_url):
+    engine = make_engine(store_url)
+    migrate(engine, "0001")
+    with engine.begin() as conn:  # a token as 0001 stored it
+        conn.execute(sa.text("insert into tokens (id, name, token_hash, input_prefixes, output_prefixes, admin, "
+                             "created_at) values ('t1', 'old', :h, '[\"*\"]', '[\"*\"]', false, :now)"),
+                     {"h": hash_token("llmb_old-secret"), "now": utcnow().replace(tzinfo=None)})
+    engine.dispose()
+    s = Store(store_url)  # migrates 0001 -> head
+    try:
+        columns = {c["name"] for c in sa.inspect(s.engine).get_columns("tokens")}
+        assert {"expires_at", "last_used_at", "revoked_at"} <= columns
+        assert authenticate(s, "llmb_old-secret").name == "old"  # still valid, now never-expiring
+        assert [t["name"] for t in list_tokens(s) if t["last_used_at"] is not None] == ["old"]
+    finally:
+        s.close()
 
 
 @pytest.mark.timeout(120)  # without the migration lock, PostgreSQL deadlocks here

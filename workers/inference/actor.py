@@ -72,7 +72,7 @@ class ShardProcessor:
             report.already_committed = True
             return report
         t0 = time.perf_counter()
-        table = read_shard(shard, work.input_columns)
+        table = read_shard(shard, work.input_columns, work.scope)
         texts = table.column(work.text_column).to_pylist()
         languages = table.column(work.language_column).to_pylist() if work.language_column else None
         t1 = time.perf_counter()
@@ -101,11 +101,12 @@ def make_actor_class():
 
     @ray.remote(max_restarts=0, max_task_retries=0)
     class InferenceActor:
-        def __init__(self, s3_settings, *args, **kwargs):
+        def __init__(self, s3_settings, scope, *args, **kwargs):
             from cluster import logs, storage
 
             logs.ensure_configured()
             storage.use_s3_settings(s3_settings)  # the driver's, before anything reads storage
+            storage.use_scope(scope)  # the job's: the model folder and every file are read under it
             self.processor = ShardProcessor(*args, **kwargs)
 
         def ready(self) -> str:

@@ -38,12 +38,13 @@ def read_training_rows(train_uri: str | list[str], text_column: str, label_colum
     """Texts and labels of the training rows whose label is one of the task's (others are dropped)."""
     tables = []
     for ref in storage.list_files(train_uri):
-        fs, path = storage.filesystem(ref.uri)
-        schema = pq.read_schema(path, filesystem=fs)
-        missing = [c for c in (text_column, label_column) if c not in schema.names]
-        if missing:
-            raise ValueError(f"training data {ref.uri}: column(s) {missing} missing (columns: {schema.names})")
-        table = pq.read_table(path, filesystem=fs, columns=[text_column, label_column])
+        with storage.open_input(ref.uri) as f:  # checked at open against the job's scope
+            parquet = pq.ParquetFile(f)
+            schema = parquet.schema_arrow
+            missing = [c for c in (text_column, label_column) if c not in schema.names]
+            if missing:
+                raise ValueError(f"training data {ref.uri}: column(s) {missing} missing (columns: {schema.names})")
+            table = parquet.read(columns=[text_column, label_column])
         tables.append(table.select([text_column, label_column]).rename_columns(["text", "label"]))
     table = pa.concat_tables(tables, promote_options="permissive")
     table = table.set_column(1, "label", pc.cast(table.column("label"), pa.string()))

@@ -50,6 +50,8 @@ class PoolConfig:
     actor_start_timeout_s: float = 900.0
     # Built from the driver's environment, sent to every actor (never credentials).
     s3_settings: storage.S3Settings = field(default_factory=storage.s3_settings)
+    # The job's scope (the driver's current one unless given): each actor runs under it.
+    scope: storage.Scope = field(default_factory=storage.current_scope)
 
 
 def _reason(exc: BaseException) -> str:
@@ -74,7 +76,7 @@ class ActorPool:
     def _start_actor(self) -> None:
         # Actors on other nodes must use the S3 endpoint/region the driver was given.
         actor = self.actor_cls.options(num_cpus=self.config.num_cpus, num_gpus=self.config.num_gpus).remote(
-            self.config.s3_settings, *self.config.actor_args, **self.config.actor_kwargs
+            self.config.s3_settings, self.config.scope, *self.config.actor_args, **self.config.actor_kwargs
         )
         self.all_actors.append(actor)
         self.starting[actor.ready.remote()] = (actor, time.monotonic())

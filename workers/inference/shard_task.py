@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cluster.storage.scope import Scope
 from llm_core.engine.sampling import SamplingParams
 from llm_core.tasks import TaskSpec
 from workers.output.location import OutputLocation
@@ -28,6 +29,11 @@ class ShardWork:
     @property
     def output_uri(self) -> str:
         return self.output.uri
+
+    @property
+    def scope(self) -> Scope | None:
+        """The job's scope (the output location carries it), for the shard's input reads too."""
+        return self.output.scope
 
     @property
     def input_columns(self) -> list[str]:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from cluster import storage
 from cluster.hashing import text_sha256
+from cluster.storage.scope import Scope, ScopeError
 
 
 class InputSchemaError(ValueError):
@@ -41,9 +42,9 @@ def shard_id(ref: storage.FileRef, row_start: int, row_end: int) -> str:
     return text_sha256(key)[:20]
 
 
-def open_parquet(uri: str) -> pq.ParquetFile:
-    fs, path = storage.filesystem(uri)
-    return pq.ParquetFile(fs.open_input_file(path))
+def open_parquet(uri: str, scope: Scope | None = None) -> pq.ParquetFile:
+    """The file opened now, its real path checked against the scope (None: the process's)."""
+    return pq.ParquetFile(storage.open_input(uri, scope=scope))
 
 
 def check_schema(uri: str, schema: pa.Schema, required: dict[str, str]) -> None:
@@ -60,12 +61,16 @@ def check_schema(uri: str, schema: pa.Schema, required: dict[str, str]) -> None:
         raise InputSchemaError(f"{uri}: " + "; ".join(problems))
 
 
-def plan_shards(uri: str | list[str], required: dict[str, str], rows_per_shard: int | None = None) -> list[Shard]:
-    """List the input files, check each one's schema, and cut them into shards."""
+def plan_shards(uri: str | list[str], required: dict[str, str], rows_per_shard: int | None = None,
+                scope: Scope | None = None) -> list[Shard]:
+    """List the input files, check each one's schema, and cut them into shards.
+    A file outside the scope (a symlink out of it) raises ScopeError naming it."""
     shards: list[Shard] = []
-    for ref in storage.list_files(uri):
+    for ref in storage.list_files(uri, scope=scope):
         try:
-            meta = open_parquet(ref.uri).metadata
+            meta = open_parquet(ref.uri, scope).metadata
+        except ScopeError:
+            raise
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputSchemaError(f"{ref.uri}: not a readable Parquet file ({exc})") from None
         check_schema(ref.uri, meta.schema.to_arrow_schema(), required)
@@ -81,6 +86,8 @@ def plan_shards(uri: str | list[str], required: dict[str, str], rows_per_shard: 
     return shards
 
 
-def read_shard(shard: Shard, columns: list[str]) -> pa.Table:
-    table = open_parquet(shard.file_uri).read_row_groups(list(shard.row_groups), columns=columns)
+def read_shard(shard: Shard, columns: list[str], scope: Scope | None = None) -> pa.Table:
+    """The shard's rows, read from the file as it is now (checked again: it may have been
+    swapped for a symlink since planning)."""
+    table = open_parquet(shard.file_uri, scope).read_row_groups(list(shard.row_groups), columns=columns)
     return table.slice(shard.row_start - shard.group_offset, shard.num_rows)

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cluster import storage
+from cluster.storage.scope import Scope
 
 PART_RE = re.compile(r"^part-([0-9a-f]+)\.parquet$")
 MANIFEST_FILE = "_manifest.json"
@@ -48,31 +49,37 @@ def to_json(payload: dict) -> bytes:
 
 @dataclass(frozen=True)
 class OutputLocation:
-    """One output folder/prefix (a local path or `s3://`); plain data, so it travels to actors."""
+    """One output folder/prefix (a local path or `s3://`); plain data, so it travels to actors.
+
+    `scope` is the job's: every read, write and delete here is checked against it where the file
+    is opened (cluster.storage); None uses the scope of the process (`storage.use_scope`)."""
 
     uri: str
+    scope: Scope | None = None
 
     @classmethod
-    def at(cls, uri: str) -> "OutputLocation":
+    def at(cls, uri: str, scope: Scope | None = None) -> "OutputLocation":
         """The location with its URI in canonical spelling (absolute for local paths)."""
-        return cls(storage.normalize(uri))
+        return cls(storage.normalize(uri), scope)
 
     def path(self, name: str) -> str:
         return storage.join(self.uri, name)
 
     def names(self) -> list[str]:
-        return storage.list_names(self.uri)
+        return storage.list_names(self.uri, scope=self.scope)
 
     # ---- JSON files: _manifest.json, _SUCCESS.json, _metrics.json ---------------------------
 
     def write_json(self, name: str, payload: dict) -> None:
         """Write (or replace) a JSON file whole: readers see the old or the new one."""
-        storage.write_bytes(self.path(name), to_json(payload))
+        storage.write_bytes(self.path(name), to_json(payload), scope=self.scope)
 
     def read_json(self, name: str) -> dict | None:
         """A JSON file of the location, or None when there is none."""
         uri = self.path(name)
-        return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+        if not storage.exists(uri, scope=self.scope):
+            return None
+        return json.loads(storage.read_bytes(uri, scope=self.scope))
 
     def write_manifest(self, payload: dict) -> None:
         self.write_json(MANIFEST_FILE, payload)
@@ -109,7 +116,7 @@ class OutputLocation:
         names = self.names()
         finished = SUCCESS_FILE in names
         if mode is OutputMode.OVERWRITE and names:
-            storage.delete_prefix(self.uri)
+            storage.delete_prefix(self.uri, scope=self.scope)
         elif mode is OutputMode.ERROR_IF_EXISTS and parts_resumable and names:
             raise OutputExistsError(f"output {self.uri} already holds {len(names)} object(s); "
                                     "use output.mode: overwrite or resume")
@@ -125,7 +132,7 @@ class OutputLocation:
                     f"output {self.uri} holds the output of a different job (task, model, input or params "
                     "differ); resume needs the same manifest, or use output.mode: overwrite"
                 )
-        storage.delete(self.path(SUCCESS_FILE))  # a resumed run is not done until it says so
+        storage.delete(self.path(SUCCESS_FILE), scope=self.scope)  # a resumed run is not done until it says so
         return None
 
     # ---- parts --------------------------------------------------------------------------------
@@ -140,7 +147,7 @@ class OutputLocation:
         return {m.group(1) for name in self.names() if (m := PART_RE.match(name))}
 
     def has_part(self, shard_id: str) -> bool:
-        return storage.exists(self.part_uri(shard_id))
+        return storage.exists(self.part_uri(shard_id), scope=self.scope)
 
     def commit_part(self, shard_id: str, table: pa.Table) -> bool:
         """Write one shard's rows as one Parquet object; False if another attempt committed first."""
@@ -148,17 +155,17 @@ class OutputLocation:
         metadata = {b"llmbatch.shard_id": shard_id.encode(), b"llmbatch.committed_at": str(time.time()).encode()}
         pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), sink,
                        compression="zstd")
-        return storage.put_if_absent(self.part_uri(shard_id), sink.getvalue().to_pybytes())
+        return storage.put_if_absent(self.part_uri(shard_id), sink.getvalue().to_pybytes(), scope=self.scope)
 
     def read_part(self, shard_id: str, columns: list[str] | None = None) -> pa.Table:
-        return _read_parquet(self.part_uri(shard_id), columns)
+        return _read_parquet(self.part_uri(shard_id), columns, self.scope)
 
     def read_parts(self, columns: list[str] | None = None) -> pa.Table:
         """The committed parts as one table (only `columns`, if given)."""
         names = self.part_names()
         if not names:
             raise FileNotFoundError(f"no output parts (part-*.parquet) at {self.uri}")
-        tables = [_read_parquet(self.path(name), columns) for name in names]
+        tables = [_read_parquet(self.path(name), columns, self.scope) for name in names]
         return pa.concat_tables(tables, promote_options="permissive")
 
     def totals(self, shard_ids: set[str]) -> dict:
@@ -175,9 +182,9 @@ class OutputLocation:
     # ---- the whole location -------------------------------------------------------------------
 
     def delete_all(self) -> None:
-        storage.delete_prefix(self.uri)
+        storage.delete_prefix(self.uri, scope=self.scope)
 
 
-def _read_parquet(uri: str, columns: list[str] | None) -> pa.Table:
-    fs, path = storage.filesystem(uri)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+def _read_parquet(uri: str, columns: list[str] | None, scope: Scope | None) -> pa.Table:
+    with storage.open_input(uri, scope=scope) as f:
+        return pq.read_table(f, columns=columns)

@@ -17,11 +17,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field
 
 from cluster.storage.uri import check_uris
+from workers.uri_field import MODEL, PATHS_IN_KEYS, READS, READS_WRITES, TOKENIZER_SOURCE
 
 BPE = "bpe"  # model.vocab value: train a byte-level BPE on the training data
 
 # Data named by a URI or a list of them, checked as every manifest checks data URIs.
 Uris = Annotated[str | list[str], AfterValidator(check_uris)]
+# Every field naming storage carries a workers.uri_field mark: the scope check at submit reads it.
+ReadUris = Annotated[Uris, READS]
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -41,9 +44,11 @@ class ModelSpec:
     """finetune: `uri` of a model folder. pretrain: a tokenizer and the Llama shape to build."""
 
     __pydantic_config__ = _STRICT
-    uri: Annotated[str | None, Field(description="finetune: a model folder, s3:// prefix or builtin:<name>")] = None
+    uri: Annotated[str | None, MODEL,
+                   Field(description="finetune: a model folder, s3:// prefix or builtin:<name>")] = None
     # Named `vocab`, not `tokenizer`: the manifest's credential check refuses keys containing "token".
-    vocab: Annotated[str | None, Field(description="pretrain: a model ref whose tokenizer to use, or 'bpe'")] = None
+    vocab: Annotated[str | None, TOKENIZER_SOURCE,
+                     Field(description="pretrain: a model ref whose tokenizer to use, or 'bpe'")] = None
     vocab_size: Annotated[int | None, Field(ge=256, le=262144, description="bpe only: vocabulary to train")] = None
     hidden_size: Annotated[int, Field(ge=8)] = 256
     num_layers: Annotated[int, Field(ge=1)] = 4
@@ -58,8 +63,8 @@ class ModelSpec:
 @dataclass(frozen=True)
 class DataSpec:
     __pydantic_config__ = _STRICT
-    train: Annotated[Uris, Field(description="Parquet file(s), folder/prefix or glob; local or s3://")]
-    eval: Uris | None = None
+    train: Annotated[ReadUris, Field(description="Parquet file(s), folder/prefix or glob; local or s3://")]
+    eval: ReadUris | None = None
     eval_fraction: Annotated[
         float, Field(ge=0.0, lt=1.0, description="hold out rows (by hash of id) when no eval uri")] = 0.0
     text_column: str = "text"
@@ -113,14 +118,14 @@ class DeepSpeedSpec:
                          Field(description="auto: bf16 on GPU, fp32 on CPU")] = "auto"
     gradient_clipping: Annotated[float, Field(ge=0)] = 1.0
     # DeepSpeed's own config, merged last and passed on as is: a plain dict on purpose.
-    override: Annotated[dict[str, Any], Field(description="raw DeepSpeed config, merged last")] = field(
+    override: Annotated[dict[str, Any], PATHS_IN_KEYS, Field(description="raw DeepSpeed config, merged last")] = field(
         default_factory=dict)
 
 
 @dataclass(frozen=True)
 class CheckpointSpec:
     __pydantic_config__ = _STRICT
-    uri: Annotated[str, Field(min_length=1)]
+    uri: Annotated[str, READS_WRITES, Field(min_length=1)]  # restored on resume, then written
     every_steps: Annotated[int, Field(ge=1)] = 100
     keep: Annotated[int, Field(ge=1)] = 2
 

@@ -34,8 +34,7 @@ class Unit:
 def list_units(uri: str | list[str]) -> list[Unit]:
     units = []
     for ref in storage.list_files(uri):
-        fs, path = storage.filesystem(ref.uri)
-        with fs.open_input_file(path) as f:
+        with storage.open_input(ref.uri) as f:  # checked at open against the job's scope
             n = pq.ParquetFile(f).metadata.num_row_groups
         units += [Unit(ref.uri, i) for i in range(n)]
     return units
@@ -44,15 +43,13 @@ def list_units(uri: str | list[str]) -> list[Unit]:
 def count_rows(uri: str | list[str]) -> int:
     total = 0
     for ref in storage.list_files(uri):
-        fs, path = storage.filesystem(ref.uri)
-        with fs.open_input_file(path) as f:
+        with storage.open_input(ref.uri) as f:
             total += pq.ParquetFile(f).metadata.num_rows
     return total
 
 
 def _read_unit(unit: Unit, columns: list[str]) -> list[dict]:
-    fs, path = storage.filesystem(unit.uri)
-    with fs.open_input_file(path) as f:
+    with storage.open_input(unit.uri) as f:  # checked again: the file may have been swapped
         pf = pq.ParquetFile(f)
         present = [c for c in columns if c in pf.schema_arrow.names]
         return pf.read_row_group(unit.row_group, columns=present).to_pylist()

@@ -68,6 +68,7 @@ def train_loop(config: dict) -> None:
     total_steps, sink, s3_settings (the driver's cluster.storage.S3Settings)."""
     logs.ensure_configured()
     storage.use_s3_settings(config.get("s3_settings"))  # the driver's, before anything reads storage
+    storage.use_scope(config.get("scope"))  # the job's: data, checkpoints and export checked at open
     cfg: TrainingConfig = config["training"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -63,8 +63,9 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (run on every service start)."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to the newest Alembic revision (run on every service start); tests of a
+    migration stop at an older `revision` first."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
@@ -72,7 +73,7 @@ def migrate(engine: Engine) -> None:
             # Two services starting together: the second waits, then finds the schema at head.
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7311845021)")
         cfg.attributes["connection"] = conn
-        alembic_command.upgrade(cfg, "head")
+        alembic_command.upgrade(cfg, revision)
 
 
 @dataclass
@@ -152,9 +153,12 @@ class Store(LeaseOps):
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
-    def count_by_state(self) -> dict[JobState, int]:
+    def count_by_state(self, owner: str | None = None) -> dict[JobState, int]:
+        q = select(jobs.c.state, func.count()).group_by(jobs.c.state)
+        if owner is not None:
+            q = q.where(jobs.c.owner == owner)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
+            rows = conn.execute(q).all()
         return {state: n for state, n in rows}
 
     def events(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[dict]:
@@ -174,9 +178,14 @@ class Store(LeaseOps):
             conn.execute(insert(audit_log).values(at=utcnow(), actor=actor, action=action,
                                                   job_id=job_id, detail=detail))
 
-    def audit_lines(self, limit: int = 100) -> list[dict]:
+    def audit_lines(self, limit: int = 100, *, before: int | None = None, actor: str | None = None) -> list[dict]:
+        """Newest first; `before` (a seq) pages back through older lines."""
+        q = select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
+        if before is not None:
+            q = q.where(audit_log.c.seq < before)
+        if actor is not None:
+            q = q.where(audit_log.c.actor == actor)
         with self.engine.connect() as conn:
-            q = select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
             return [dict(r) for r in conn.execute(q).mappings()]
 
     # ---- cancel --------------------------------------------------------------------------

@@ -137,6 +137,8 @@ tokens = Table(
     Column("admin", Boolean, nullable=False, default=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),  # None: never
+    Column("last_used_at", UTCDateTime(), nullable=True),  # written at most once a minute
 )
 
 audit_log = Table(
@@ -145,9 +147,10 @@ audit_log = Table(
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("at", UTCDateTime(), nullable=False),
     Column("actor", String(128), nullable=False),
-    Column("action", String(32), nullable=False),  # submit, cancel, schedule
+    Column("action", String(32), nullable=False),  # submit, cancel, schedule, token_create, token_revoke
     Column("job_id", String(40), nullable=True),
     Column("detail", JSON, nullable=True),
+    Index("ix_audit_log_actor", "actor", "seq"),
 )
 
 
