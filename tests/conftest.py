@@ -20,4 +20,5 @@ pytest_plugins = [
     "tests.support.local_ray",  # ray_base
     "tests.support.infra_support",  # registry
     "tests.support.chromium",  # chromium
+    "tests.support.s3_jobs",  # data_bucket (S3 job and chaos tests)
 ]

@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 
 import jinja2
+import jinja2.utils
+from jinja2.sandbox import SandboxedEnvironment
 import pytest
 
 from llm_core.models.loader import WeightsFormatError, safetensors_files
@@ -82,10 +84,11 @@ def test_template_payload_is_refused_and_runs_nothing(folder, payload, where):
     assert not (folder.parent / "marker").exists() and not (folder / "marker").exists()
 
 
-def test_the_same_payload_does_run_without_the_sandbox(folder):
-    """Guards the test above: the payload is real, it is the sandbox that stops it."""
-    jinja2.Environment().from_string(PAYLOADS[0]).render()
-    assert (folder.parent / "marker").exists()
+def test_the_payload_path_is_real():
+    """Guards the test above without running the payload: Jinja's `cycler` global really leads to
+    `os` through `__init__.__globals__`, so it is the sandbox that stops it."""
+    assert "cycler.__init__.__globals__.os.system" in PAYLOADS[0]
+    assert jinja2.utils.Cycler.__init__.__globals__["os"].system is not None
 
 
 @pytest.mark.parametrize("template", ["{{ 'x' * 10**9 }}", "{{ 9 ** 9999999 }}", "{{ [0] * 10**8 }}"])
@@ -107,7 +110,9 @@ def test_broken_templates_name_the_folder(folder, template, rule):
 
 
 def _plain_render(template: str, tok: ModelTokenizer, generation: bool) -> str:
-    env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    # Jinja's plain sandbox as the reference: ours adds only the size limits, which must not
+    # change what a real template renders (no unsandboxed Jinja anywhere, tests included).
+    env = SandboxedEnvironment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     return env.from_string(template).render(messages=MESSAGES, add_generation_prompt=generation,
                                             bos_token=tok._special.get("bos_token", ""),
                                             eos_token=tok._special.get("eos_token", ""))
