@@ -28,8 +28,8 @@ def test_s3_job_commits_every_row_once(two_node_cluster, data_bucket):
     result = run_once(job_manifest(data_bucket, out), two_node_cluster)
     assert result.status == "succeeded", result.error
     assert_every_id_once(out, ALL_IDS)
-    # job_manifest.json first, every part in between, _SUCCESS.json last.
-    created = json_at(out, "job_manifest.json")["created_at"]
+    # _manifest.json first, every part in between, _SUCCESS.json last.
+    created = json_at(out, "_manifest.json")["created_at"]
     finished = success(out)["finished_at"]
     assert all(created <= committed_at(out, n) <= finished for n in parts(out))
     assert success(out)["rows"] == TOTAL_ROWS
