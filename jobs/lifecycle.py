@@ -16,6 +16,7 @@ class JobState(StrEnum):
     RUNNING = "running"
     CANCELLING = "cancelling"
     SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # ended with a published snapshot that is not whole: skipped shards, too many error rows, deadline
     FAILED = "failed"
     CANCELLED = "cancelled"
 
@@ -27,13 +28,27 @@ class JobState(StrEnum):
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
     # running -> queued: the run failed or its runner was lost, and the job is run again.
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLING,
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED, JobState.CANCELLING,
                                  JobState.CANCELLED, JobState.QUEUED}),
-    JobState.CANCELLING: frozenset({JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED}),
+    JobState.CANCELLING: frozenset({JobState.CANCELLED, JobState.SUCCEEDED, JobState.PARTIAL, JobState.FAILED}),
     JobState.SUCCEEDED: frozenset(),
+    JobState.PARTIAL: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
 }
+
+# The exit code of `llmbatch run` / `wait` for a job that ended in each terminal state; 2 is a
+# manifest or pre-flight refusal (no job ran), kept apart from every outcome of a run.
+EXIT_CODES: dict[JobState, int] = {
+    JobState.SUCCEEDED: 0, JobState.FAILED: 1, JobState.PARTIAL: 3, JobState.CANCELLED: 130,
+}
+EXIT_REFUSED = 2
+
+
+def exit_code(state: str | JobState) -> int:
+    """The process exit code for a job that ended in `state` (a state that is not terminal: 1)."""
+    return EXIT_CODES.get(JobState(state), 1)
+
 
 INITIAL_STATE = JobState.QUEUED  # what a submitted job starts as
 # A runner exists and one scheduler process holds the job's lease.

@@ -48,4 +48,5 @@ class CrossChecked(Strict):
 
 class OutputSpec(Strict):
     uri: Annotated[str, WRITES] = Field(..., min_length=1)  # overwrite deletes there: a write too
-    mode: Literal["error_if_exists", "overwrite", "resume"] = "error_if_exists"
+    # retry_errors (inference only): redo the error rows of the published snapshot, publish a new one.
+    mode: Literal["error_if_exists", "overwrite", "resume", "retry_errors"] = "error_if_exists"

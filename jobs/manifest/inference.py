@@ -32,6 +32,10 @@ class InputSpec(Strict):
     rows_per_shard: int | None = Field(
         None, gt=0, description="cut row groups into shards of at most this many rows"
     )
+    # Checked over the whole input before any work: refuse the job (error), or leave those rows
+    # out and list them in the plan and the summary (drop; a duplicate keeps its first row).
+    on_duplicate_id: Literal["error", "drop"] = "error"
+    on_null_id: Literal["error", "drop"] = "error"
 
 
 class GenerationParams(Strict):
@@ -94,6 +98,12 @@ class InferenceManifest(CrossChecked):
     resources: Resources = Resources()
     on_shard_failure: Literal["fail", "skip"] = "fail"
     max_shard_attempts: int = Field(3, ge=1, le=20)
+    # Error rows above this fraction of the rows make the outcome `partial` instead of `succeeded`.
+    max_error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    # The job's deadline: what finished by then is published as `partial`.
+    timeout_s: float | None = Field(None, gt=0)
+    # One attempt of one shard: past it the actor is replaced and the shard tried again.
+    shard_timeout_s: float | None = Field(None, gt=0)
     evaluate: EvaluateSpec | None = None
 
     @field_validator("task", mode="before")

@@ -59,6 +59,8 @@ class TrainingManifest(CrossChecked):
     def _cross_field_problems(self) -> Problems:
         p = self._model_problems()
         t, data = self.training, self.data
+        if self.output.mode == "retry_errors":
+            p.append((("output", "mode"), "retry_errors is for inference jobs (a training run has no error rows)"))
         if (t.max_steps is None) == (t.epochs is None):
             p.append((("training", "max_steps"), "give exactly one of max_steps or epochs"))
         if data.eval is not None and data.eval_fraction:

@@ -17,11 +17,13 @@ from jobs.lifecycle import (
     JobState,
     allowed_sources,
     check_transition,
+    exit_code,
 )
 
-Q, R, CI, S, F, C = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING, JobState.SUCCEEDED,
-                     JobState.FAILED, JobState.CANCELLED)
-ALLOWED = {(Q, R), (Q, C), (Q, F), (R, S), (R, F), (R, CI), (R, C), (R, Q), (CI, C), (CI, S), (CI, F)}
+Q, R, CI, S, P, F, C = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING, JobState.SUCCEEDED,
+                        JobState.PARTIAL, JobState.FAILED, JobState.CANCELLED)
+ALLOWED = {(Q, R), (Q, C), (Q, F), (R, S), (R, P), (R, F), (R, CI), (R, C), (R, Q), (CI, C), (CI, S), (CI, P),
+           (CI, F)}
 
 
 def test_transition_table():
@@ -36,10 +38,17 @@ def test_transition_table():
 
 
 def test_terminal_active_and_runner_states():
-    assert set(TERMINAL_STATES) == {S, F, C} and all(s.terminal for s in TERMINAL_STATES)
+    assert set(TERMINAL_STATES) == {S, P, F, C} and all(s.terminal for s in TERMINAL_STATES)
     assert set(ACTIVE_STATES) == {Q, R, CI} and INITIAL_STATE is Q
     assert set(RUNNER_STATES) <= set(ACTIVE_STATES)
-    assert [s.value for s in JobState] == ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    assert [s.value for s in JobState] == ["queued", "running", "cancelling", "succeeded", "partial", "failed",
+                                           "cancelled"]
+
+
+def test_each_outcome_has_its_own_exit_code():
+    codes = {state: exit_code(state) for state in TERMINAL_STATES}
+    assert codes == {S: 0, F: 1, P: 3, C: 130}
+    assert len(set(codes.values())) == len(codes) and 2 not in codes.values()  # 2: refused before any run
 
 
 def test_allowed_sources_is_the_table_read_backwards():

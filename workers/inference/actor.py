@@ -93,26 +93,3 @@ class ShardProcessor:
                    error_rows=report.error_rows, completion_tokens=report.completion_tokens,
                    generate_s=round(report.generate_s, 2))
         return report
-
-
-def make_actor_class():
-    """The Ray actor class, built lazily so importing this module never needs Ray."""
-    import ray
-
-    @ray.remote(max_restarts=0, max_task_retries=0)
-    class InferenceActor:
-        def __init__(self, s3_settings, scope, *args, **kwargs):
-            from cluster import logs, storage
-
-            logs.ensure_configured()
-            storage.use_s3_settings(s3_settings)  # the driver's, before anything reads storage
-            storage.use_scope(scope)  # the job's: the model folder and every file are read under it
-            self.processor = ShardProcessor(*args, **kwargs)
-
-        def ready(self) -> str:
-            return self.processor.name
-
-        def process(self, shard: Shard, work: ShardWork) -> ShardReport:
-            return self.processor.process(shard, work)
-
-    return InferenceActor

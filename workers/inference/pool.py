@@ -19,7 +19,7 @@ import structlog
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from cluster import storage
-from workers.inference.actor import make_actor_class
+from workers.inference.ray_actor import make_actor_class
 from workers.inference.shard_task import ShardReport, ShardWork
 from workers.inference.shards import Shard
 

@@ -37,6 +37,7 @@ class OutputMode(StrEnum):
     ERROR_IF_EXISTS = "error_if_exists"
     OVERWRITE = "overwrite"
     RESUME = "resume"
+    RETRY_ERRORS = "retry_errors"
 
 
 class OutputExistsError(RuntimeError):
