@@ -6,11 +6,20 @@
 EOS is ignored so both sides generate exactly --max-new-tokens per prompt. Runs alternate
 (native, hf, native, hf...) so load on a shared machine hits both alike; the best run of each
 counts. Greedy outputs are compared token for token. The last line is `speedup=<x>`.
+
+`--busy N` runs N CPU-burning processes beside both engines during the timed runs (a busy
+node); `--omp-wait` is how idle OpenMP threads wait (passive, as the inference actor sets it, see
+llm_core/threads.py; `default` is libgomp's spin-then-sleep), set before torch loads.
+
+Warm-up runs at the timed lengths (same prompts, same max_new_tokens), so no timed run
+allocates a larger KV cache or captures CUDA graphs: see warmup_prompts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_core.engine.native import NativeEngine  # noqa: E402
 from llm_core.engine.hf import HFEngine  # noqa: E402
 from llm_core.engine.sampling import SamplingParams  # noqa: E402
+from llm_core.threads import WAIT_POLICIES, thread_env  # noqa: E402
 
 PROMPT = "Summarize the following Debian package description in one sentence:\n\n{text}"
 
@@ -87,19 +97,54 @@ def random_prompts(vocab_size: int, count: int) -> list[list[int]]:
     return [torch.randint(1, vocab_size, (n,), generator=gen).tolist() for n in lengths]
 
 
+def warmup_prompts(engine_name: str, prompts: list[list[int]], on_gpu: bool, batch_size: int) -> list[list[int]]:
+    """What each engine runs untimed first, with the timed max_new_tokens. The native engine
+    sizes its KV cache from the longest prompt + max_new_tokens and, on a GPU, captures one
+    CUDA graph per (batch, attention length) bucket it meets: there it runs every prompt once,
+    on CPU (no graphs) the longest prompt suffices. transformers allocates per batch: its
+    largest batch (the longest prompts) warms its allocator."""
+    by_length = sorted(prompts, key=len, reverse=True)
+    if engine_name == "native":
+        return list(prompts) if on_gpu else by_length[:1]
+    return by_length[:batch_size]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
 def timed(engine, prompts, params) -> tuple[float, list[list[int]]]:
-    if engine.device == "cuda":
-        torch.cuda.synchronize()
+    _sync(engine.device)
     start = time.perf_counter()
     out = engine.generate(prompts, params)
-    if engine.device == "cuda":
-        torch.cuda.synchronize()
+    _sync(engine.device)
     return time.perf_counter() - start, [c[0].token_ids for c in out]
+
+
+def reexec_with_wait_policy(policy: str) -> None:
+    """libgomp read OMP_WAIT_POLICY when torch loaded (above): run again with it set as asked."""
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    env.update(thread_env(policy=policy))
+    if env.get("OMP_WAIT_POLICY") != os.environ.get("OMP_WAIT_POLICY"):
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def start_busy(count: int) -> list[subprocess.Popen]:
+    """`count` processes that each burn one core until stopped: other work on the node."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def stop_busy(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--model", choices=["smollm2", *RANDOM_CONFIGS], default="smollm2")
     ap.add_argument("--data", type=Path, default=Path("examples/data/debian-summarize.parquet"))
     ap.add_argument("--num-prompts", type=int, help="default 64 on cpu, 512 on cuda")
@@ -108,11 +153,17 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs per engine")
     ap.add_argument("--threads", type=int, help="torch CPU threads for both engines (default: torch's)")
+    ap.add_argument("--quantization", choices=["none", "int8"], default="none", help="native engine weights")
+    ap.add_argument("--no-prefix-caching", action="store_true", help="native engine: recompute shared prompt prefixes")
+    ap.add_argument("--busy", type=int, default=0, help="CPU-burning processes beside the timed runs")
+    ap.add_argument("--omp-wait", choices=WAIT_POLICIES, default="passive",
+                    help="how idle OpenMP threads wait (the inference actor's: passive)")
     args = ap.parse_args()
+    reexec_with_wait_policy(args.omp_wait)
     if args.threads:
         # On a busy shared machine, 1 thread avoids OpenMP barriers waiting on a descheduled peer.
         torch.set_num_threads(args.threads)
-    on_gpu = args.device == "cuda"
+    on_gpu = args.device.startswith("cuda")
     count = args.num_prompts or (512 if on_gpu else 64)
     new_tokens = args.max_new_tokens or (128 if on_gpu else 64)
 
@@ -126,23 +177,29 @@ def main() -> None:
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
 
     engines = {
-        "native": NativeEngine(model_dir, device=args.device, dtype=args.dtype, max_num_seqs=args.batch_size),
+        "native": NativeEngine(model_dir, device=args.device, dtype=args.dtype, max_num_seqs=args.batch_size,
+                               quantization=args.quantization, prefix_caching=not args.no_prefix_caching),
         "transformers": HFEngine(model_dir, device=args.device, dtype=args.dtype, batch_size=args.batch_size),
     }
-    for engine in engines.values():  # first-call costs (allocations, graph capture) stay out of the timing
-        engine.generate(prompts[:2], params.with_updates(max_new_tokens=2))
+    for name, engine in engines.items():  # first-call costs (allocations, graph capture) stay out of the timing
+        engine.generate(warmup_prompts(name, prompts, on_gpu, args.batch_size), params)
     best: dict[str, float] = {}
     outputs: dict[str, list[list[int]]] = {}
-    for _ in range(args.repeats):
-        for name, engine in engines.items():
-            seconds, outputs[name] = timed(engine, prompts, params)
-            best[name] = min(seconds, best.get(name, float("inf")))
-            print(f"  run {name}: {seconds:.2f}s", flush=True)
+    busy = start_busy(args.busy)
+    try:
+        for _ in range(args.repeats):
+            for name, engine in engines.items():
+                seconds, outputs[name] = timed(engine, prompts, params)
+                best[name] = min(seconds, best.get(name, float("inf")))
+                print(f"  run {name}: {seconds:.2f}s (load {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        stop_busy(busy)
 
     prompt_tokens = sum(len(p) for p in prompts)
     print(f"\nmodel={args.model} ({model_dir}) device={args.device} dtype={engines['native'].dtype} "
           f"prompts={count} prompt_tokens={prompt_tokens} new_tokens/prompt={new_tokens} "
-          f"threads={torch.get_num_threads()}")
+          f"threads={torch.get_num_threads()} quantization={args.quantization} busy={args.busy} "
+          f"omp_wait={os.environ.get('OMP_WAIT_POLICY', 'default')}")
     print(f"{'engine':<14}{'seconds':>10}{'gen tok/s':>12}{'total tok/s':>13}")
     rate = {}
     for name, seconds in best.items():

@@ -10,19 +10,28 @@ ends them all, a watchdog ends them when this process dies without a shutdown, a
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import subprocess
+from contextlib import contextmanager
+from pathlib import Path
 
-import ray
-import structlog
+# Ray folds similar lines of different workers into one with a "[repeated 2x across cluster]"
+# note, which breaks JSON lines; read when Ray is imported, so set before.
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-from cluster import ray_session
+import ray  # noqa: E402
+import structlog  # noqa: E402
+
+from cluster import logs, ray_code, ray_session  # noqa: E402
 
 log = structlog.get_logger()
 
 _started = None  # the session folder (a Path) of the local Ray this process started
 _watchdog = None  # its watchdog process (subprocess.Popen)
 _registered = False
+_actors_log_to_file = False  # the local Ray's workers do not stream to this terminal
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
@@ -32,17 +41,26 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
     join any cluster another program started on this machine with `ray start`.
     Returns the cluster's total resources.
     """
-    global _started, _registered, _watchdog
+    global _started, _registered, _watchdog, _actors_log_to_file
     if ray.is_initialized():
         return ray.cluster_resources()
     if not _registered:  # registered before Ray's own atexit hook, so it runs after it
         atexit.register(shutdown)
         _registered = True
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict = {"logging_level": "WARNING", "log_to_driver": True}
+    # On a terminal, a local Ray's workers log to a file per job (actor_log_file), not into the
+    # progress display; their lines are JSON lines on stderr otherwise (files, CI) or when joined.
+    quiet = not address and not logs.wants_json()
+    kwargs: dict = {"logging_level": "WARNING", "log_to_driver": not quiet}
     if address:
         log.info("ray.join", address=address)
-        ray.init(address=address, **kwargs)
+        # The cluster's workers get this driver's llmbatch code, then prove they can run it.
+        ray.init(address=address, runtime_env=ray_code.runtime_env(), **kwargs)
+        try:
+            ray_code.verify_workers()
+        except ray_code.ClusterCodeMismatch:
+            ray.shutdown()
+            raise
     else:
         reaped = ray_session.reap_orphans()
         session = ray_session.new_session()
@@ -51,10 +69,32 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
         _started = session  # before ray.init: a Ctrl-C during start-up ends what it started
         os.environ[ray_session.SESSION_ENV] = str(session)  # inherited by every process Ray starts now
         try:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(session), **kwargs)
+            with _quiet_auth_notice():
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(session),
+                         **kwargs)
         finally:
             os.environ.pop(ray_session.SESSION_ENV, None)  # not by what this process starts later
+        _actors_log_to_file = quiet
     return ray.cluster_resources()
+
+
+@contextmanager
+def _quiet_auth_notice():
+    """Ray turns token auth on for a local cluster and says so in a warning on every start; our
+    own session is meant to have it, so the notice is left out (its errors still show)."""
+    notice = logging.getLogger(_AUTH_LOGGER)
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        notice.setLevel(level)
+
+
+def actor_log_file(job_id: str) -> Path | None:
+    """The file the actors of `job_id` log to when they do not stream to this terminal (a local
+    Ray started on a terminal); None when their lines reach the driver's stderr."""
+    return logs.actor_log_file(job_id) if _actors_log_to_file and ray.is_initialized() else None
 
 
 def shutdown() -> None:
@@ -67,7 +107,8 @@ def shutdown() -> None:
 
 
 def _end_local() -> None:
-    global _started, _watchdog
+    global _started, _watchdog, _actors_log_to_file
+    _actors_log_to_file = False
     if _started is not None:
         session, _started = _started, None
         left = ray_session.end_session(session)

@@ -1,13 +1,22 @@
 """Which device and dtype a model runs on: one decision for both engines, the classifier and training.
 
-`auto` means the GPU when there is one; there bf16, or fp16 on a GPU without bf16; on CPU fp32,
-where bf16 matmuls are usually slower without AMX. An explicit choice always wins, and a device
-string keeps its index ("cuda:1" stays "cuda:1" and gets a GPU's dtype like "cuda").
+`auto` means the GPU when there is one; there bf16, or fp16 on a GPU without bf16. On CPU `auto`
+is fp32 for now (greedy outputs token-exact with transformers, the figures in
+benchmarks/RESULTS.md): bf16 is selected explicitly (`params.dtype: bfloat16`) and is fast only
+where the CPU has native bf16 (AVX-512 BF16 or AMX), which `cpu_bf16_native()` tells and
+`pick_dtype` logs. An explicit choice always wins, and a device string keeps its index ("cuda:1"
+stays "cuda:1" and gets a GPU's dtype like "cuda").
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
+import structlog
 import torch
+
+log = structlog.get_logger()
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -17,6 +26,24 @@ DTYPES: dict[str, torch.dtype] = {
 
 # DeepSpeed's names for the three precisions.
 PRECISION_NAMES: dict[torch.dtype, str] = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+# CPU flags (/proc/cpuinfo) with bf16 dot products in hardware; without them torch emulates bf16.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# Whether `auto` picks bf16 on a CPU with native bf16. Off until measured on an idle machine:
+# bf16 changes greedy outputs (and the demo's) against the fp32 reference.
+CPU_AUTO_BF16 = False
+
+
+@functools.cache
+def cpu_bf16_native(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX-BF16)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:  # not Linux: ask torch what it dispatches to
+        return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def pick_device(device: str = "auto") -> str:
@@ -29,11 +56,26 @@ def pick_dtype(device: str, dtype: str | torch.dtype = "auto") -> torch.dtype:
     """The dtype for `device` (already picked: not "auto"); `dtype` is a name from DTYPES or a torch dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if torch.device(device).type != "cuda":
+        return _cpu_dtype(dtype)
     if dtype != "auto":
         return DTYPES[dtype]
-    if torch.device(device).type != "cuda":
-        return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _cpu_dtype(dtype: str) -> torch.dtype:
+    native = cpu_bf16_native()
+    if dtype != "auto":
+        chosen = DTYPES[dtype]
+        if chosen != torch.float32 and not native:
+            log.warning("device.cpu_dtype_emulated", dtype=dtype,
+                        reason="this CPU has no native bf16/fp16 (avx512_bf16, amx_bf16): expect it slower than fp32")
+        return chosen
+    chosen = torch.bfloat16 if native and CPU_AUTO_BF16 else torch.float32
+    log.info("device.cpu_dtype", dtype=str(chosen).removeprefix("torch."), cpu_bf16_native=native,
+             hint="bf16 is native here: set params.dtype: bfloat16 to use it" if native and not CPU_AUTO_BF16
+             else None)
+    return chosen
 
 
 def precision_name(device: str, precision: str = "auto") -> str:

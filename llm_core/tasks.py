@@ -163,7 +163,7 @@ def clean_output(spec: TaskSpec, raw: str) -> str:
         return ""  # only an announcement, no answer
     if single_line:
         text = _SENTENCE_END.split(" ".join(text.split()))[0]
-    if text[:1] in "\"'" and text.count(text[0]) <= 2:
+    if text[:1] and text[:1] in "\"'" and text.count(text[0]) <= 2:  # "" is in every string
         text = text.strip(text[0]).strip()
     return text
 

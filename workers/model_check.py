@@ -21,13 +21,25 @@ from llm_core.weights import builtin
 CONFIG = "config.json"
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 TOKENIZER_FILE = "tokenizer.json"
+# The files of a folder that decide what a model computes (what llm_core reads): a local model's
+# identity hashes these and nothing else, so a log or a README beside the weights changes nothing.
+MODEL_FILES = frozenset({CONFIG, "generation_config.json", "labels.json", "vocabulary.json",
+                         "special_tokens_map.json", "added_tokens.json", "merges.txt", "vocab.json",
+                         "vocab.txt", "model.safetensors.index.json"})
+MODEL_FILE_PREFIXES = ("tokenizer", "chat_template")
+
+
+def is_model_file(name: str) -> bool:
+    """Whether a top-level file of a model folder is part of the model (config, tokenizer,
+    chat template, weights)."""
+    return name in MODEL_FILES or name.startswith(MODEL_FILE_PREFIXES) or name.endswith(WEIGHT_SUFFIXES)
 
 
 def model_problem(ref: str, need: str = "weights") -> str | None:
     """One line saying why `ref` is not a loadable model folder, or None when it is.
 
-    need: "weights" (a model to run or fine-tune) or "tokenizer" (a model whose tokenizer a
-    pretrain uses).
+    need: "weights" (a model to run or fine-tune), "tokenizer" (a model whose tokenizer a
+    pretrain uses) or "config" (any model folder: config.json only).
     """
     name = builtin.builtin_name(ref)
     if name is not None:
@@ -37,17 +49,29 @@ def model_problem(ref: str, need: str = "weights") -> str | None:
     names = _s3_names(ref) if storage.is_s3(ref) else _local_names(ref)
     if isinstance(names, str):
         return names
-    return _missing(ref, names, need)
+    return folder_problem(ref, names, need)
+
+
+LISTING_ERRORS = (ClientError, BotoCoreError, OSError, ValueError)
+
+
+def unlistable(ref: str, exc: BaseException) -> str:
+    """One line for a prefix that could not be listed: the error code only, because the message
+    of a client error can name the endpoint's host."""
+    code = retry.error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+    return f"{ref} cannot be listed ({code})"
+
+
+def no_objects(ref: str) -> str:
+    return f"{ref} does not exist (no objects under this prefix)"
 
 
 def _s3_names(ref: str) -> set[str] | str:
     try:
         names = set(storage.list_names(ref))
-    except (ClientError, BotoCoreError, OSError, ValueError) as exc:
-        # the error code only: the message of a client error can name the endpoint's host
-        code = retry.error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
-        return f"{ref} cannot be listed ({code})"
-    return names or f"{ref} does not exist (no objects under this prefix)"
+    except LISTING_ERRORS as exc:
+        return unlistable(ref, exc)
+    return names or no_objects(ref)
 
 
 def _local_names(ref: str) -> set[str] | str:
@@ -62,7 +86,8 @@ def _local_names(ref: str) -> set[str] | str:
         return f"{ref} cannot be read ({exc.strerror})"
 
 
-def _missing(ref: str, names: set[str], need: str) -> str | None:
+def folder_problem(ref: str, names: set[str], need: str = "weights") -> str | None:
+    """Why a folder whose top-level file names are `names` is not the model `need` asks for."""
     if CONFIG not in names:
         return f"{ref} is not a model folder (no {CONFIG})"
     if need == "weights" and not any(n.endswith(WEIGHT_SUFFIXES) for n in names):

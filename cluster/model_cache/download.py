@@ -6,6 +6,11 @@ assembled in a temp dir beside `dest` and renamed into place, so `dest` existing
 Each file's size is checked against the listing, and its content against the folder's own
 checksum file (`_checksums.json` {name: sha256} or `SHA256SUMS` "hex  name" lines) when it has
 one, else against the ETag where that is a plain MD5 (single-part uploads).
+
+The model cache keys an S3 entry by the listing it was resolved from (each object's ETag and
+size): the caller passes that listing, the objects it names are downloaded, and the prefix is
+listed again at the end, so a model re-published during the download is refused instead of
+filed under the old content's key.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from pathlib import Path
 import structlog
 
 from cluster.hashing import file_digest, text_sha256
-from cluster.model_cache import node_lock
+from cluster.model_cache.paths import node_lock
 from cluster.storage import s3
+from cluster.storage.backend import FileRef
 
 log = structlog.get_logger()
 
@@ -33,8 +39,12 @@ class ChecksumError(ValueError):
     pass
 
 
-def download_folder(s3_uri: str, dest: Path) -> Path:
-    """Make `dest` a verified copy of every object under `s3_uri`; a no-op if it already is."""
+def download_folder(s3_uri: str, dest: Path, listing: list[FileRef] | None = None) -> Path:
+    """Make `dest` a verified copy of every object under `s3_uri`; a no-op if it already is.
+
+    listing: the objects under the prefix as the caller saw them (default: listed here); the
+    download must end with exactly these objects (same ETags and sizes) still there.
+    """
     dest = Path(dest)
     if dest.is_dir():
         return dest
@@ -47,16 +57,20 @@ def download_folder(s3_uri: str, dest: Path) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            _download_into(s3_uri, tmp)
+            _download_into(s3_uri, tmp, listing)
             os.rename(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
-def _download_into(s3_uri: str, tmp: Path) -> None:
+def _objects(prefix: str) -> list[FileRef]:
+    return [r for r in s3.list_objects(prefix) if not r.uri.endswith("/")]
+
+
+def _download_into(s3_uri: str, tmp: Path, listing: list[FileRef] | None) -> None:
     prefix = s3_uri.rstrip("/") + "/"
-    refs = [r for r in s3.list_objects(prefix) if not r.uri.endswith("/")]
+    refs = _objects(prefix) if listing is None else [r for r in listing if not r.uri.endswith("/")]
     if not refs:
         raise FileNotFoundError(f"no model files under {s3_uri}")
     log.info("model.download", uri=s3_uri, files=len(refs), bytes=sum(r.size for r in refs))
@@ -90,6 +104,12 @@ def _download_into(s3_uri: str, tmp: Path) -> None:
         missing = sorted(set(expected) - {r.uri[len(prefix) :] for r in refs})
         if missing:
             raise ChecksumError(f"{s3_uri}: files listed in the checksum file are missing: {missing}")
+    if listing is not None and _signature(_objects(prefix)) != _signature(refs):
+        raise ChecksumError(f"{s3_uri} changed while it was downloaded (re-published?); resolve it again")
+
+
+def _signature(refs: list[FileRef]) -> set[tuple[str, int, str]]:
+    return {(r.uri, r.size, r.version) for r in refs}
 
 
 def _expected_sha256(folder: Path) -> dict[str, str] | None:

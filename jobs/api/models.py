@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from jobs.api.job_view import figures
 from jobs.lifecycle import JobState
 from jobs.service.cron import valid_cron
 
@@ -36,7 +37,9 @@ class SubmitRequest(BaseModel):
                                         description="the same key (per token) returns the same job")
     max_attempts: int = Field(1, ge=1, le=20, description="runs allowed, the first included")
     retry_backoff_s: float = Field(10.0, ge=0, le=86400, description="wait before retry n: backoff * 2^(n-1)")
-    timeout_s: float | None = Field(None, gt=0, le=30 * 86400, description="per run; the job fails after it")
+    timeout_s: float | None = Field(None, gt=0, le=30 * 86400,
+                                    description="per run, a hard stop: the job fails after it (the manifest's "
+                                    "timeout_s instead ends the run partial, keeping what finished)")
     schedule: ScheduleSpec | None = None
 
 
@@ -62,6 +65,20 @@ class JobOut(BaseModel):
     error: str | None = None
     output_uri: str | None = None
     manifest: dict[str, Any] | None = None
+    # The outcome in figures (jobs/api/job_view.py): an ended job's from its summary, else its progress.
+    rows_total: int | None = Field(None, description="rows the job's input has, once its run planned them")
+    rows: int | None = Field(None, description="rows done, the whole job (shards of earlier runs included)")
+    error_rows: int | None = Field(None, description="rows whose output is an error")
+    completion_tokens: int | None = None
+    eta_s: float | None = Field(None, description="a running job: seconds left at its current rate")
+    reasons: list[str] = Field([], description="a partial job: why not every row has an output")
+    exit_code: int | None = Field(None, description="an ended job: the exit code of `llmbatch wait` "
+                                  "(0 succeeded, 1 failed, 3 partial, 130 cancelled)")
+
+    @classmethod
+    def of(cls, row: dict, *, manifest: bool = True) -> "JobOut":
+        """The API's view of a store row (without its manifest in listings)."""
+        return cls(**{**row, **figures(row), **({} if manifest else {"manifest": None})})
 
 
 class JobList(BaseModel):

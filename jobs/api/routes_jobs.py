@@ -69,7 +69,7 @@ def submit(body: SubmitRequest, response: Response, store: StoreDep,
                                                 "name": job["name"], "queue": job["queue"]})
     if not created:
         response.status_code = 200
-    return {"created": created, "job": JobOut(**job)}
+    return {"created": created, "job": JobOut.of(job)}
 
 
 def _submit_schedule(store: Store, who: Principal, body: SubmitRequest, request: dict, response: Response):
@@ -99,7 +99,7 @@ def list_jobs(store: StoreDep, who: Who,
             raise ApiError(403, "only an admin may list other owners' jobs", [("query.owner", "not the caller")])
         owner = who.name
     rows = store.list_jobs(state=state, queue=queue, owner=owner, schedule_id=schedule_id, limit=limit, offset=offset)
-    return {"jobs": [JobOut(**{**r, "manifest": None}) for r in rows]}
+    return {"jobs": [JobOut.of(r, manifest=False) for r in rows]}
 
 
 def _job_or_404(store: Store, job_id: str, who: Principal) -> dict:
@@ -113,7 +113,7 @@ def _job_or_404(store: Store, job_id: str, who: Principal) -> dict:
 
 @router.get("/jobs/{job_id}", response_model=JobOut, summary="One job, with its manifest and progress")
 def get_job(job_id: JobId, store: StoreDep, who: Who):
-    return JobOut(**_job_or_404(store, job_id, who))
+    return JobOut.of(_job_or_404(store, job_id, who))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, status_code=202,
@@ -128,7 +128,7 @@ def cancel(job_id: JobId, store: StoreDep, who: Who):
     store.audit(who.name, "cancel", job_id, {"from": before, "to": after})
     if before.terminal:
         raise ApiError(409, f"job {job_id} already ended ({before})")
-    return JobOut(**_job_or_404(store, job_id, who))
+    return JobOut.of(_job_or_404(store, job_id, who))
 
 
 @router.get("/jobs/{job_id}/events", response_model=EventList, summary="A job's event log")

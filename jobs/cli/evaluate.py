@@ -1,4 +1,7 @@
-"""Commands on finished outputs: `eval` (score against references) and `report` (one HTML page)."""
+"""Commands on finished outputs: `eval` (score against references) and `report` (one HTML page).
+
+Both read the published snapshot (the files `_SUCCESS.json` or `_PARTIAL.json` lists), never the
+folder; `report` of an output with nothing published yet shows the running run's parts so far."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from workers.output.location import OutputLocation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="score an output location against references; writes _metrics.json")
+    ev = sub.add_parser("eval", help="score an output's published snapshot against references; writes _metrics.json")
     ev.add_argument("output", metavar="OUTPUT_URI", help="an output location (local path or s3://)")
     ev.add_argument("--references", nargs="+", default=None, metavar="URI",
                     help="Parquet file(s)/folder/glob with the id and reference columns, joined by id "
@@ -33,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=cmd_eval)
 
-    rep = sub.add_parser("report", help="one self-contained HTML report of an output location")
+    rep = sub.add_parser("report", help="one self-contained HTML report of an output's published snapshot")
     rep.add_argument("output", metavar="OUTPUT_URI")
     rep.add_argument("--out", default=None, help="where to write it (default: OUTPUT_URI/report.html)")
     rep.add_argument("--sample", type=int, default=20, help="rows in the sample of inputs beside outputs")

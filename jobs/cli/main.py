@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from cluster import logs
-from jobs.cli import audit, evaluate, local, remote, schedules, serve, tokens
+from jobs.cli import audit, evaluate, local, remote, retry, schedules, serve, tokens
 
 # Each adds its subcommands with register(subparsers) and sets args.func; in help order.
 COMMAND_GROUPS = (
     local,  # run, validate, models
+    retry,  # retry
     serve,  # serve
     tokens,  # tokens create | list | revoke
     audit,  # audit
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Batch inference and training for language models on Ray.",
     )
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the inference actors' log lines on the terminal (they always go to a log file)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in COMMAND_GROUPS:
         group.register(sub)
@@ -35,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:  # read by the actors' log set-up (cluster.logs), also in Ray's worker processes
+        os.environ["LLMBATCH_VERBOSE"] = "1"
     logs.configure(level=args.log_level)
     try:
         code = args.func(args)

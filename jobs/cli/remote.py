@@ -1,7 +1,8 @@
 """`llmbatch submit | status | list | logs | cancel | wait`: the commands that talk to a running
 service over HTTP (`--server`, or $LLMBATCH_SERVER) with the token in $LLMBATCH_TOKEN.
 
-`submit` prints what it made as its last word; `wait` exits 0 only if the job succeeded.
+`submit` prints what it made as its last word; `wait` exits with the job's outcome
+(jobs.lifecycle.exit_code: 0 succeeded, 1 failed, 3 partial, 130 cancelled).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Callable
 from datetime import datetime
 
 from jobs.cli.client import Client, ClientError
+from jobs.cli.job_text import duration_text, rows_text, short_rows
 from jobs.cli.remote_progress import remote_progress
-from jobs.lifecycle import JobState
+from jobs.lifecycle import exit_code
 from jobs.manifest.errors import ManifestError
 from jobs.manifest.load import read_manifest_file
 from jobs.service.store.tables import shards_finished
@@ -52,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lg = remote("logs", "show a job's event log", cmd_logs)
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
     remote("cancel", "cancel a queued or running job", cmd_cancel)
-    remote("wait", "wait for a job with a progress bar; exit 0 only if it succeeded", cmd_wait)
+    remote("wait", "wait for a job with a progress bar; exit 0 succeeded, 1 failed, 3 partial, 130 cancelled",
+           cmd_wait)
 
 
 def client(args) -> Client:
@@ -133,6 +136,14 @@ def cmd_status(args) -> int:
                 print(f"{key:13} {job[key]}")
         for key in ("created_at", "started_at", "finished_at"):
             print(f"{key:13} {_fmt_time(job.get(key))}")
+        if job.get("rows") is not None or job.get("rows_total") is not None:
+            print(f"{'rows':13} {rows_text(job)}")
+        if job.get("completion_tokens") is not None:
+            print(f"{'tokens':13} {job['completion_tokens']:,}")
+        if job.get("eta_s") is not None:
+            print(f"{'eta':13} {duration_text(job['eta_s'])}")
+        for n, reason in enumerate(job.get("reasons") or []):
+            print(f"{'reasons' if n == 0 else '':13} - {reason}")
         if job.get("progress"):
             print(f"{'progress':13} {json.dumps(job['progress'])}")
         return 0
@@ -143,12 +154,14 @@ def cmd_status(args) -> int:
 def cmd_list(args) -> int:
     def go() -> int:
         jobs = _client(args).list(state=args.state, limit=args.limit)
-        print(f"{'ID':22} {'STATE':10} {'QUEUE':10} {'PRI':>4} {'SHARDS':>9}  {'CREATED':19}  NAME")
+        print(f"{'ID':22} {'STATE':10} {'QUEUE':10} {'PRI':>4} {'SHARDS':>9} {'ROWS':>15} {'ETA':>6}  "
+              f"{'CREATED':19}  NAME")
         for j in jobs:
             p = j.get("progress") or {}
             shards = f"{shards_finished(p)}/{p.get('shards_total', 0)}" if p else "-"
-            print(f"{j['id']:22} {j['state']:10} {j['queue']:10} {j['priority']:>4} {shards:>9}  "
-                  f"{_fmt_time(j['created_at']):19}  {j['name']}")
+            eta = duration_text(j.get("eta_s")) if j.get("eta_s") is not None else "-"
+            print(f"{j['id']:22} {j['state']:10} {j['queue']:10} {j['priority']:>4} {shards:>9} "
+                  f"{short_rows(j):>15} {eta:>6}  {_fmt_time(j['created_at']):19}  {j['name']}")
         return 0
 
     return _run(go)
@@ -179,7 +192,12 @@ def cmd_wait(args) -> int:
     def go() -> int:
         with remote_progress() as show:
             job = _client(args).wait(args.job_id, on_update=show)
-        print(f"{job['id']} {job['state']}" + (f": {job['error']}" if job.get("error") else ""))
-        return 0 if job["state"] == JobState.SUCCEEDED else 1
+        if job.get("rows") is not None:
+            print(f"{job['id']} {rows_text(job)}")
+        for reason in job.get("reasons") or []:
+            print(f"{job['id']} partial: {reason}")
+        error = "" if job.get("reasons") or not job.get("error") else f": {job['error']}"
+        print(f"{job['id']} {job['state']}{error}")  # the state stays the last word
+        return exit_code(job["state"])
 
     return _run(go)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import ExitStack, contextmanager
 
+from jobs.cli.job_text import duration_text, rows_text
 from jobs.run.results import JobProgress
+
+PLAIN_EVERY_S = 10.0  # without a terminal, a line per state or shard change, else one this often
 
 
 @contextmanager
@@ -13,16 +17,18 @@ def remote_progress():
     """Yields a callback taking a job (the API's dict) that draws jobs.run.display.ProgressDisplay;
     plain lines on stderr when that is not a terminal (logs, CI, tests)."""
     if not sys.stderr.isatty():
-        last: list = [None]
+        last: list = [None, 0.0, None]  # (state, shards), when printed, rows
 
         def plain(job: dict) -> None:
             p = job.get("progress") or {}
             done = sum(int(p.get(k) or 0) for k in ("shards_done", "shards_skipped", "shards_failed"))
-            key = (job["state"], done)
-            if key != last[0]:
-                print(f"{job['id']} {job['state']} shards {done}/{p.get('shards_total', 0)}",
+            key, now = (job["state"], done), time.monotonic()
+            rows_moved = job.get("rows") != last[2] and now - last[1] >= PLAIN_EVERY_S
+            if key != last[0] or rows_moved:
+                eta = f", eta {duration_text(job['eta_s'])}" if job.get("eta_s") is not None else ""
+                print(f"{job['id']} {job['state']} shards {done}/{p.get('shards_total', 0)}, {rows_text(job)}{eta}",
                       file=sys.stderr, flush=True)
-                last[0] = key
+                last[:] = [key, now, job.get("rows")]
 
         yield plain
         return

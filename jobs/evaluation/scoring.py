@@ -1,8 +1,9 @@
-"""Score a finished output location against references: `_metrics.json`.
+"""Score a finished output location (the files its published snapshot lists) against references:
+`_metrics.json`.
 
 References come from one of two places:
 - the job's input itself (the default): each part is lined up row for row with the input rows
-  of its shard (file and row range, from `_manifest.json`), so ids need not be unique (a
+  of its shard (file, row range and rows left out, from `_manifest.json`), so ids need not be unique (a
   translation input holds one row per paragraph *and* target language);
 - other Parquet files (`references_uri`): joined by id (pyarrow), ids unique there. Output
   rows whose id has no reference count as `missing_reference`; references with no output
@@ -24,6 +25,7 @@ from cluster import storage
 from llm_core.metrics import DEFAULT_METRICS
 from llm_core.metrics.compute import compute_metrics
 from llm_core.tasks import OUTPUT_COLUMN, TaskKind
+from workers.output.fingerprint import same_fingerprint
 from workers.output.location import MANIFEST_FILE, OutputLocation
 
 log = structlog.get_logger()
@@ -53,39 +55,75 @@ def read_columns(uri: str | list[str], columns: list[str], what: str = "referenc
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def read_output_with_input(output: OutputLocation, output_columns: list[str] | None, input_columns: list[str],
-                           manifest_file: dict | None = None) -> pa.Table:
-    """The output parts with input columns beside them, row for row by shard (`_manifest.json`).
+def _snapshot_files(output: OutputLocation, manifest_file: dict | None, files: dict[str, str] | None) -> dict[str, str]:
+    """The parts to read: `files` when given (a run about to publish them), else exactly those the
+    published marker lists. A plan (`_manifest.json`) of a different run than the marker's (an
+    overwrite in progress) cannot line them up with the input: ValueError."""
+    if files is not None:
+        return files
+    marker = output.snapshot()
+    if marker is None:
+        raise FileNotFoundError(f"no published snapshot (_SUCCESS.json or _PARTIAL.json) at {output.uri}")
+    planned = (manifest_file or {}).get("fingerprint")
+    if planned is not None and marker.get("fingerprint") is not None and not same_fingerprint(planned,
+                                                                                              marker["fingerprint"]):
+        raise ValueError(f"{output.uri}: {MANIFEST_FILE} plans a different run than the published snapshot "
+                         "(a run in progress); its shards cannot be lined up with the input")
+    return output.snapshot_files(marker)
 
-    Input columns come back named `input.<name>`; `output_columns` None reads them all. The ids
-    of each part must equal its input rows' ids: if not, the input changed since the job ran,
-    and this raises ValueError.
+
+def _input_rows(table: pa.Table, shard: dict) -> pa.Table:
+    """The input rows of one shard: its row range, less the rows the plan left out (dropped ids)."""
+    start, end = shard["rows"]
+    source = table.slice(start, end - start)
+    skip = {int(i) - start for i in shard.get("skip_rows") or ()}
+    if skip:
+        keep = [i for i in range(source.num_rows) if i not in skip]
+        source = source.take(pa.array(keep, pa.int64()))
+    return source
+
+
+def read_output_with_input(output: OutputLocation, output_columns: list[str] | None, input_columns: list[str],
+                           manifest_file: dict | None = None, files: dict[str, str] | None = None) -> pa.Table:
+    """The snapshot's parts with input columns beside them, row for row by shard (`_manifest.json`).
+
+    `files` ({shard_id: part path}) None reads the published snapshot. Input columns come back
+    named `input.<name>`; `output_columns` None reads them all. The ids of each part must equal
+    its input rows' ids: if not, the input changed since the job ran, and this raises ValueError.
     """
     manifest_file = manifest_file or output.read_manifest()
     if not manifest_file or "shards" not in manifest_file:
         raise FileNotFoundError(f"{output.uri}: no {MANIFEST_FILE} with a shard plan")
+    files = _snapshot_files(output, manifest_file, files)
     id_column = manifest_file["manifest"]["input"].get("id_column", "id")
     wanted = list(dict.fromkeys([id_column, *input_columns]))
-    committed = output.committed_shards()
-    files: dict[str, pa.Table] = {}
+    planned = {shard["shard_id"] for shard in manifest_file["shards"]}
+    if set(files) - planned:
+        raise ValueError(f"{output.uri}: the snapshot lists shard(s) {sorted(set(files) - planned)[:5]} that "
+                         f"{MANIFEST_FILE} does not plan")
+    inputs: dict[str, pa.Table] = {}
     tables = []
     for shard in manifest_file["shards"]:
-        if shard["shard_id"] not in committed:
+        if shard["shard_id"] not in files:
             continue
-        if shard["file"] not in files:
-            files[shard["file"]] = read_columns(shard["file"], wanted, what="input")
-        start, end = shard["rows"]
-        source = files[shard["file"]].slice(start, end - start)
+        if shard["file"] not in inputs:
+            inputs[shard["file"]] = read_columns(shard["file"], wanted, what="input")
+        source = _input_rows(inputs[shard["file"]], shard)
         columns = None if output_columns is None else list(dict.fromkeys([id_column, *output_columns]))
-        part = output.read_part(shard["shard_id"], columns)
-        if part.num_rows != source.num_rows or not part.column(id_column).equals(source.column(id_column)):
+        part = output.read_part_at(files[shard["shard_id"]], columns)
+        ids = part.column(id_column)
+        source_ids = source.column(id_column)
+        if source_ids.type != ids.type:  # the plan fixed the parts' id type
+            source_ids = pc.cast(source_ids, ids.type, safe=False)
+        if part.num_rows != source.num_rows or not ids.equals(source_ids):
+            start, end = shard["rows"]
             raise ValueError(f"input {shard['file']} rows {start}-{end} no longer match part "
                              f"{shard['shard_id']}: the input changed since the job ran")
         for name in input_columns:
             part = part.append_column(f"input.{name}", source.column(name))
         tables.append(part)
     if not tables:
-        raise FileNotFoundError(f"no output parts (part-*.parquet) at {output.uri}")
+        raise FileNotFoundError(f"no output parts in the snapshot at {output.uri}")
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -100,24 +138,27 @@ def _as_string(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def evaluate_output(output: OutputLocation, *, task: TaskKind, reference_column: str,
                     references_uri: str | list[str] | None = None, id_column: str = "id",
-                    metrics: list[str] | None = None, use_stemmer: bool = False, write: bool = True) -> dict:
+                    metrics: list[str] | None = None, use_stemmer: bool = False, write: bool = True,
+                    files: dict[str, str] | None = None) -> dict:
     """Score an output against its references, write `_metrics.json`; return the metrics.
 
     `references_uri` None: the references are a column of the job's own input (by shard, see
-    above); else Parquet files joined by `id_column`. The result is `compute_metrics`'s dict
-    (counts and one key per metric) plus `evaluation`: where the references came from.
+    above); else Parquet files joined by `id_column`. `files` ({shard_id: part path}) None scores
+    the published snapshot; a runner passes the files it is about to publish. The result is
+    `compute_metrics`'s dict (counts and one key per metric) plus `evaluation`: where the
+    references came from.
     """
     output_column = OUTPUT_COLUMN[task]
     if metrics is None and not DEFAULT_METRICS.get(task):
         raise ValueError(f"task {task} has no default metrics: name them")
     if references_uri is None:
-        table = read_output_with_input(output, [output_column], [reference_column])
+        table = read_output_with_input(output, [output_column], [reference_column], files=files)
         predictions = _as_string(table.column(output_column)).to_pylist()
         references = _as_string(table.column(f"input.{reference_column}")).to_pylist()
         unmatched, source = 0, "input"
     else:
         predictions, references, unmatched = _join_references(output, output_column, references_uri,
-                                                              reference_column, id_column)
+                                                              reference_column, id_column, files)
         source = references_uri
     result = compute_metrics(task, predictions, references, metrics, use_stemmer=use_stemmer)
     result["evaluation"] = {
@@ -131,8 +172,9 @@ def evaluate_output(output: OutputLocation, *, task: TaskKind, reference_column:
 
 
 def _join_references(output: OutputLocation, output_column: str, references_uri: str | list[str],
-                     reference_column: str, id_column: str) -> tuple[list, list, int]:
-    outputs = output.read_parts([id_column, output_column])
+                     reference_column: str, id_column: str, files: dict[str, str] | None) -> tuple[list, list, int]:
+    columns = [id_column, output_column]
+    outputs = output.read_snapshot(columns) if files is None else output.read_files(files.values(), columns)
     refs = read_columns(references_uri, [id_column, reference_column])
     ref_ids = refs.column(id_column)
     if pc.count_distinct(ref_ids).as_py() != len(ref_ids) - ref_ids.null_count:
@@ -149,13 +191,14 @@ def _join_references(output: OutputLocation, output_column: str, references_uri:
             _as_string(joined.column("__reference")).to_pylist(), refs.num_rows - matched)
 
 
-def evaluate_job(manifest, output: OutputLocation) -> dict:
-    """Evaluate a job's output as its manifest's `evaluate:` block says."""
+def evaluate_job(manifest, output: OutputLocation, files: dict[str, str] | None = None) -> dict:
+    """Evaluate a job's output (the published snapshot, or `files`) as its manifest's `evaluate:`
+    block says."""
     spec = manifest.evaluate
     return evaluate_output(
         output, task=manifest.task.kind, references_uri=spec.references_uri,
         reference_column=spec.reference_column, id_column=manifest.input.id_column,
-        metrics=spec.metrics, use_stemmer=spec.use_stemmer,
+        metrics=spec.metrics, use_stemmer=spec.use_stemmer, files=files,
     )
 
 

@@ -19,6 +19,11 @@ from workers.uri_field import MODEL, READS
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
+# params.quantization: what the native engine does (llm_core...quantize.QUANTIZATIONS), and what
+# is named for later so that it is refused as not yet there rather than as unknown.
+QUANTIZATIONS = ("none", "int8")
+PLANNED_QUANTIZATIONS = ("fp8", "int4")
+
 # Tasks the model-free baselines cover (engine: baseline): llm_core.baselines.
 BASELINE_TASKS = (TaskKind.SUMMARIZE, TaskKind.TRANSLATE, TaskKind.CLASSIFY)
 
@@ -53,6 +58,20 @@ class GenerationParams(Strict):
         None, gt=0, description="default: the model's context minus max_new_tokens"
     )
     on_long_input: Literal["truncate", "error"] = "truncate"
+    # Precision of weights and activations. auto: bf16 on a GPU (fp16 without bf16), fp32 on CPU
+    # (select bfloat16 there where the CPU has native bf16: faster, greedy outputs may differ).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Weights only, per output channel (llm_core/engine/native/quantize.py); the native engine's.
+    quantization: str = Field("none", description="none or int8")
+
+    @field_validator("quantization")
+    @classmethod
+    def _known_quantization(cls, value: str) -> str:
+        if value in QUANTIZATIONS:
+            return value
+        if value in PLANNED_QUANTIZATIONS:
+            raise ValueError(f"{value} is not implemented yet; choose one of: {', '.join(QUANTIZATIONS)}")
+        raise ValueError(f"unknown quantization {value!r}; choose one of: {', '.join(QUANTIZATIONS)}")
 
 
 class Resources(Strict):
@@ -115,6 +134,9 @@ class InferenceManifest(CrossChecked):
     def _cross_field_problems(self) -> Problems:
         p: Problems = []
         kind = self.task.kind
+        if self.params.quantization != "none" and self.engine in ("hf", "baseline"):
+            p.append((("params", "quantization"), f"quantization: {self.params.quantization} needs the native "
+                      f"engine (engine: auto or native), not engine: {self.engine}"))
         if self.engine == "baseline" and kind not in BASELINE_TASKS:
             p.append((("engine",), f"no baseline for task {kind}; baselines: {', '.join(BASELINE_TASKS)}"))
         if kind == TaskKind.CLASSIFY:

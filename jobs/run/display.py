@@ -1,5 +1,10 @@
-"""The progress display of a job (rich): shards, rows and tokens/s, or training steps and loss;
-the closing summary table."""
+"""The progress display of a job (rich): rows done of the job's total, error rows, tokens/s and
+an ETA, or training steps and loss; the closing summary table.
+
+The live display holds the bottom of the terminal: while it runs, rich stands in for stderr, so
+log lines (cluster.logs writes to the current sys.stderr) print above it, never into its line.
+On a terminal that is not one (a file, CI) nothing is drawn: stderr keeps only the JSON lines.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +21,17 @@ from jobs.run.results import JobProgress, JobResult
 class ProgressDisplay:
     """`with ProgressDisplay(name) as show: show.update(progress)` draws a live bar on stderr."""
 
-    def __init__(self, name: str, enabled: bool = True):
-        self.console = Console(stderr=True)
-        self.enabled = enabled
+    def __init__(self, name: str, enabled: bool = True, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(), console=self.console, transient=False, disable=not enabled,
+            TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
+            console=self.console, transient=False, disable=not self.enabled,
+            redirect_stdout=True, redirect_stderr=True,
         )
-        self.task = self.progress.add_task(name, total=None, unit="shards", detail=_detail(JobProgress()))
+        self.task = self.progress.add_task(name, total=None, unit="rows", detail="", eta="")
 
     def __enter__(self) -> "ProgressDisplay":
         self.progress.start()
@@ -36,16 +43,28 @@ class ProgressDisplay:
     def update(self, p: JobProgress) -> None:
         if p.training:
             total, completed, unit = p.total_steps, p.step or 0, "steps"
-        else:
+        elif p.rows_total:
+            total, completed, unit = p.rows_total, p.rows, "rows"
+        else:  # the plan's row count is not known yet
             total, completed, unit = p.shards_total, p.shards_done + p.shards_skipped + p.shards_failed, "shards"
-        self.progress.update(self.task, total=total or None, completed=completed, unit=unit, detail=_detail(p))
+        self.progress.update(self.task, total=total or None, completed=completed, unit=unit,
+                             detail=detail(p), eta=eta_text(p))
 
 
-def _detail(p: JobProgress) -> str:
+def detail(p: JobProgress) -> str:
     if p.training:
         loss = p.values.get("loss")
         return f"loss {loss:.4f} {p.tokens_per_s:.0f} tok/s" if loss is not None else ""
-    return f"{p.rows} rows {p.error_rows} errors {p.tokens_per_s:.1f} tok/s"
+    errors = f"{p.error_rows} error rows" if p.error_rows != 1 else "1 error row"
+    return f"{errors}  {p.tokens_per_s:.1f} tok/s"
+
+
+def eta_text(p: JobProgress) -> str:
+    """"ETA 0:01:05" once the run has a pace; empty before (and for training)."""
+    if p.training or p.eta_s is None or p.phase == "done":
+        return ""
+    seconds = max(int(round(p.eta_s)), 0)
+    return f"ETA {seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def print_summary(result: JobResult, file=None) -> None:
@@ -69,6 +88,8 @@ def _inference_rows(result: JobResult) -> list[tuple[str, object]]:
                    f"{s.get('shards_failed', 0)} failed of {s.get('shards_total', 0)}"),
         ("wall time", f"{s.get('wall_s', 0):.1f} s"), ("output", result.output_uri),
     ]
+    if s.get("actor_log"):  # a local run on a terminal: the actors' lines went to this file
+        rows.append(("actor log", s["actor_log"]))
     metrics = s.get("metrics")
     if isinstance(metrics, dict):
         figures = ", ".join(f"{name} {value}" for name, value in main_figures(metrics))

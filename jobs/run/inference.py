@@ -1,7 +1,11 @@
-"""The inference runner: one inference job from manifest to `_SUCCESS.json`.
+"""The inference runner: one inference job from manifest to a published snapshot.
 
-plan shards (schema checked before any work) -> prepare the output (mode) -> `_manifest.json`
--> skip committed shards (resume) -> the actor pool -> `_SUCCESS.json` with whole-job totals.
+pre-flight (refused with every problem before any worker or delete) -> the run's fingerprint ->
+the output's writer lease -> the output mode (a run id: a new one, or the run `resume` continues)
+-> `_manifest.json` -> the actor pool over the shards still to do (deadline, per-shard timeout,
+progress per batch) -> the outcome (succeeded / partial / failed, jobs.run.outcome) -> evaluation
+of the parts to publish -> the snapshot published (`_SUCCESS.json` or `_PARTIAL.json`, listing
+exactly its parts, with the metrics; nothing at all when failed).
 """
 
 from __future__ import annotations
@@ -12,144 +16,188 @@ import time
 import structlog
 
 from cluster import ray_cluster, storage
+from cluster.ray_code import ClusterCodeMismatch
 from jobs.evaluation import scoring as evaluation
 from jobs.lifecycle import JobState
 from jobs.manifest import InferenceManifest
+from jobs.run.outcome import Outcome, PartCounts, decide, part_counts, total
+from jobs.run.preflight import Plan, preflight
 from jobs.run.protocol import ProgressCallback, Run
 from jobs.run.results import JobProgress, JobResult
-from llm_core.engine.sampling import SamplingParams
-from llm_core.tasks import TaskKind, TaskSpec, default_sampling
+from jobs.run.retry_plan import RetryRefused
+from jobs.run.row_progress import RowProgress
+from jobs.run.run_start import RunStart, plan_record, run_start
+from jobs.run.work import build_work, sampling_params, task_spec
+from llm_core.tasks import TaskKind
 from workers.inference.pool import ActorPool, PoolConfig, PoolError, PoolOutcome
-from workers.inference.shard_task import ShardReport, ShardWork
-from workers.inference.shards import Shard, plan_shards
-from workers.output.location import OutputExistsError, OutputLocation
+from workers.inference.shard_task import ShardWork
+from workers.inference.shards import Shard
+from workers.output.fingerprint import run_fingerprint
+from workers.output.lease import LeaseLost, OutputBusyError, OutputLease
+from workers.output.layout import PARTIAL_FILE, SUCCESS_FILE
+from workers.output.location import OutputLocation
+from workers.output.modes import OutputExistsError
+from workers.output.snapshot import publish_snapshot
 
 log = structlog.get_logger()
 
-__all__ = ["run_job", "JobProgress", "JobResult", "build_work"]
+__all__ = ["run_job", "JobProgress", "JobResult", "build_work", "task_spec", "sampling_params"]
 
-
-def task_spec(m: InferenceManifest) -> TaskSpec:
-    t = m.task
-    return TaskSpec(
-        kind=t.kind, target_language=getattr(t, "target_language", None),
-        source_language=getattr(t, "source_language", "English"), labels=tuple(getattr(t, "labels", ()) or ()),
-        prompt_template=getattr(t, "prompt_template", None), system_prompt=t.system_prompt,
-        instructions=getattr(t, "instructions", None), style=getattr(t, "style", "one_sentence"),
-    )
-
-
-def sampling_params(m: InferenceManifest) -> SamplingParams:
-    p, defaults = m.params, default_sampling(m.task.kind)
-    return SamplingParams(
-        max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-        repetition_penalty=p.repetition_penalty if p.repetition_penalty is not None else defaults["repetition_penalty"],
-        no_repeat_ngram_size=p.no_repeat_ngram_size if p.no_repeat_ngram_size is not None
-        else defaults["no_repeat_ngram_size"],
-        stop=tuple(p.stop), seed=p.seed,
-    )
-
-
-def build_work(m: InferenceManifest, job_id: str, output: OutputLocation | None = None) -> ShardWork:
-    return ShardWork(
-        job_id=job_id, output=output or OutputLocation.at(m.output.uri), task=task_spec(m), sampling=sampling_params(m),
-        id_column=m.input.id_column, text_column=m.input.text_column,
-        language_column=getattr(m.task, "target_language_column", None),
-        max_input_tokens=m.params.max_input_tokens, on_long_input=m.params.on_long_input,
-    )
-
-
-def run_key(m: InferenceManifest) -> dict:
-    """What the output depends on: a resumed run must match it."""
-    return m.model_dump(mode="json", include={"task", "model", "input", "params"})
+# What ends a run as failed with its message, never as a crash.
+REFUSALS = (OutputExistsError, OutputBusyError, RetryRefused, ClusterCodeMismatch)
+RUN_ERRORS = (PoolError, LeaseLost, OSError, ValueError, storage.ScopeError, *REFUSALS)
 
 
 def run_job(manifest: InferenceManifest, *, job_id: str | None = None, ray_address: str | None = None,
             on_progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-            show_progress: bool = False, scope: storage.Scope | None = None) -> JobResult:
+            show_progress: bool = False, scope: storage.Scope | None = None,
+            retry_all: bool = False) -> JobResult:
     """`scope` (default: this process's) travels with the output location and the shard work to
-    every actor; each read, write and delete is checked against it where the file is opened."""
+    every actor; each read, write and delete is checked against it where the file is opened.
+    `retry_all` (output.mode: retry_errors): redo permanent error rows too, not only retriable ones."""
     with storage.scoped(scope) as scope, \
             Run(manifest.name, OutputLocation.at(manifest.output.uri, scope), job_id=job_id,
                 on_progress=on_progress, show_progress=show_progress) as run:
         try:
-            return _run(manifest, run, ray_address, cancel)
-        except (PoolError, OutputExistsError, FileNotFoundError, ValueError, storage.ScopeError) as exc:
+            return _run(manifest, run, ray_address, cancel, retry_all)
+        except RUN_ERRORS as exc:
             log.error("job.failed", error=str(exc))
-            return run.end(JobState.FAILED, str(exc), run.counts(JobState.FAILED))
+            # Refused before any work: the output is another job's or does not fit the mode, or the
+            # cluster cannot run this code. Exit code 2 like a pre-flight refusal.
+            refusal = {"refused": True} if isinstance(exc, REFUSALS) else {}
+            return run.end(JobState.FAILED, str(exc), {**run.counts(JobState.FAILED), **refusal})
 
 
-def _required_columns(manifest: InferenceManifest, work: ShardWork) -> dict[str, str]:
-    required = {work.id_column: "id", work.text_column: "text"}
-    if work.language_column:
-        required[work.language_column] = "target language"
-    if manifest.evaluate and not manifest.evaluate.references_uri:  # references read from the input
-        required.setdefault(manifest.evaluate.reference_column, "reference")
-    return required
+def refused(run: Run, plan: Plan) -> JobResult:
+    """Pre-flight found problems: nothing ran, nothing changed; `summary["refused"]` (exit code 2)."""
+    error = f"pre-flight refused the job ({len(plan.problems)} problem(s)): " + "; ".join(plan.problems)
+    return run.end(JobState.FAILED, error, {**run.counts(JobState.FAILED), "refused": True,
+                                            "problems": list(plan.problems), "warnings": list(plan.warnings)})
 
 
-def _run(manifest: InferenceManifest, run: Run, ray_address: str | None, cancel: threading.Event | None) -> JobResult:
+def fingerprint_of(manifest: InferenceManifest, plan: Plan) -> dict:
+    """What the output depends on: `resume` continues, and `retry_errors` redoes, only the same."""
+    return run_fingerprint(
+        files=plan.files, model=plan.model, engine=manifest.engine, task=manifest.task.model_dump(mode="json"),
+        params=manifest.params.model_dump(mode="json"),
+        columns={"id": manifest.input.id_column, "text": manifest.input.text_column,
+                 "language": getattr(manifest.task, "target_language_column", None)},
+        id_type=plan.id_type)
+
+
+def _run(manifest: InferenceManifest, run: Run, ray_address: str | None, cancel: threading.Event | None,
+         retry_all: bool) -> JobResult:
+    started = time.monotonic()
+    plan = preflight(manifest, run.output.scope)
+    if plan.problems:
+        return refused(run, plan)
+    for warning in plan.warnings:
+        log.warning("job.preflight_warning", warning=warning)
+    fingerprint = fingerprint_of(manifest, plan)
+    with OutputLease.acquire(run.output, run.job_id) as lease:
+        slot = run.output.prepare(manifest.output.mode, fingerprint)
+        return _run_slot(manifest, run, plan, fingerprint, slot, lease, ray_address, cancel, retry_all, started)
+
+
+def _run_slot(manifest, run: Run, plan: Plan, fingerprint: dict, slot, lease, ray_address, cancel,
+              retry_all: bool, started: float) -> JobResult:
     output = run.output
-    work = build_work(manifest, run.job_id, output)
-    shards = plan_shards(manifest.input.uri, _required_columns(manifest, work), manifest.input.rows_per_shard,
-                         output.scope)
-    if manifest.evaluate and manifest.evaluate.references_uri:
-        evaluation.check_references(manifest.evaluate.references_uri, work.id_column,
-                                    manifest.evaluate.reference_column)
-    run.prepare(manifest.output.mode, run_key(manifest))
-    shard_ids = {s.shard_id for s in shards}
-    done_before = output.committed_shards() & shard_ids
-    todo = [s for s in shards if s.shard_id not in done_before]
-    output.write_manifest({
-        "job_id": run.job_id, "manifest": manifest.model_dump(mode="json"),
-        "manifest_hash": manifest.manifest_hash(), "run_key": run_key(manifest),
-        "shards": [{"shard_id": s.shard_id, "file": s.file_uri, "rows": [s.row_start, s.row_end]} for s in shards],
-        "created_at": run.started,
-    })
-    if done_before:
-        log.info("job.resume", skipped_shards=len(done_before), shard_ids=sorted(done_before), todo=len(todo))
-    log.info("job.planned", shards=len(shards), todo=len(todo), output=output.uri)
-    run.publish(shards_total=len(shards), shards_skipped=len(done_before))
+    planned = [s.shard_id for s in plan.shards]
+    start = run_start(manifest.output.mode, output, fingerprint, plan, slot, retry_all)
+    output.write_manifest(plan_record(manifest, plan, slot, run.job_id, fingerprint, run.started))
+    earlier = {sid: part_counts(output, path) for sid, path in start.kept.items()}
+    earlier.update({sid: part_counts(output, output.part_path(slot.run_id, sid)) for sid in start.done_here})
+    rows = _row_progress(plan, start, earlier)
+    resumed = sorted(set(start.done_here) | set(start.kept))
+    log.info("job.planned", shards=len(planned), todo=len(start.todo), resumed=len(resumed), run_id=slot.run_id,
+             output=output.uri, rows=plan.rows, dropped=len(plan.dropped))
+    if resumed:
+        log.info("job.resume", skipped_shards=len(resumed), shard_ids=resumed, todo=len(start.todo))
+    run.publish(shards_total=len(planned), shards_skipped=len(planned) - len(start.todo), **rows.fields())
 
-    outcome = _run_pool(manifest, run, work, todo, ray_address, cancel) if todo else PoolOutcome()
+    deadline = started + manifest.timeout_s if manifest.timeout_s else None
+    work = build_work(manifest, run.job_id, output, run_id=slot.run_id, id_type=plan.id_type,
+                      retry_kinds=start.retry_kinds, base_parts=start.base_parts)
+    outcome = (_run_pool(manifest, run, plan, work, start.todo, rows, ray_address, cancel, deadline)
+               if start.todo else PoolOutcome())
     if outcome.cancelled:
         return run.end(JobState.CANCELLED, "cancelled by request", run.counts(JobState.CANCELLED))
     if outcome.failed and manifest.on_shard_failure == "fail":
         sid, reason = next(iter(outcome.failed.items()))
         error = f"shard {sid} failed after {outcome.attempts[sid]} attempt(s): {reason}"
         return run.end(JobState.FAILED, error, run.counts(JobState.FAILED))
-
     run.publish(phase="finalizing")
-    committed = output.committed_shards() & shard_ids
-    skipped = dict(outcome.failed)
-    missing = shard_ids - committed - set(skipped)
-    if missing:
-        error = f"{len(missing)} shard(s) not committed: {sorted(missing)[:5]}"
-        return run.end(JobState.FAILED, error, run.counts(JobState.FAILED))
-    wall, progress = run.wall_s, run.progress
-    summary = {
-        "status": JobState.SUCCEEDED.value, **output.totals(committed), "output": output.uri,
-        "shards_total": len(shards), "shards_committed": progress.shards_done,
-        "shards_skipped": len(done_before), "shards_failed": len(skipped),
-        "skipped_failed_shards": skipped, "wall_s": round(wall, 3),
-        "run_completion_tokens": progress.completion_tokens,
-        "tokens_per_s": round(progress.completion_tokens / wall, 2) if wall > 0 else 0.0,
-        "model": manifest.model, "engine": manifest.engine, "manifest_hash": manifest.manifest_hash(),
-        "finished_at": time.time(),
-    }
+    committed = output.committed_shards(slot.run_id) & set(planned)
+    files = {**start.carried, **{sid: output.part_path(slot.run_id, sid) for sid in committed}}
+    counts = {sid: earlier[sid] if sid in start.kept else part_counts(output, path) for sid, path in files.items()}
+    whole = total(counts)
+    result = decide(planned=set(planned), present=set(files), counts=whole, skipped=dict(outcome.failed),
+                    timed_out=outcome.timed_out, timeout_s=manifest.timeout_s, max_error_rate=manifest.max_error_rate)
+    summary = _summary(manifest, run, plan, slot.run_id, whole, result, outcome, start)
+    if not result.publishes:
+        return run.end(JobState.FAILED, result.error, {**run.counts(JobState.FAILED), **summary})
+    return _publish(manifest, run, plan, fingerprint, slot, lease, files, result, summary)
+
+
+def _row_progress(plan: Plan, start: RunStart, earlier: dict[str, PartCounts]) -> RowProgress:
+    if start.retry is None:  # whole-job rows, the parts an earlier run committed included
+        return RowProgress(plan.rows, total(earlier))
+    # A retry counts the rows it redoes (and the shards it runs whole), not the whole job.
+    fresh = sum(s.num_rows for s in start.todo if s.shard_id in start.retry.fresh)
+    return RowProgress(start.retry.error_rows + fresh, PartCounts())
+
+
+def _publish(manifest: InferenceManifest, run: Run, plan: Plan, fingerprint: dict, slot, lease,
+             files: dict[str, str], result: Outcome, summary: dict) -> JobResult:
+    """Evaluate the parts about to be published (so the marker carries the metrics), publish."""
     if manifest.evaluate:
         run.publish(phase="evaluating")
-        summary["metrics"] = evaluation.evaluate_job(manifest, output)
+        summary["metrics"] = evaluation.evaluate_job(manifest, run.output, files=files)
         log.info("job.metrics", **evaluation.headline(summary["metrics"]),
                  scored=summary["metrics"]["scored"], errors=summary["metrics"]["errors"])
-    result = run.succeed(summary)
-    log.info("job.succeeded", **{k: summary[k] for k in ("rows", "error_rows", "completion_tokens", "wall_s")})
-    return result
+    marker = publish_snapshot(run.output, status=result.state.value, job_id=run.job_id, run_id=slot.run_id,
+                              fingerprint=fingerprint, files=files, id_column=manifest.input.id_column,
+                              id_type=plan.id_type, reasons=result.reasons, lease=lease,
+                              # the marker names its job whole: `llmbatch retry OUTPUT` reruns it
+                              summary={**summary, "manifest": manifest.model_dump(mode="json")})
+    summary.update({"snapshot": PARTIAL_FILE if result.state is JobState.PARTIAL else SUCCESS_FILE,
+                    "snapshot_id": marker["snapshot_id"], "errors_file": marker.get("errors_file"),
+                    **{name: marker[name] for name in ("rows", "error_rows", "prompt_tokens", "completion_tokens")}})
+    return _ended(run, result, summary)
 
 
-def _run_pool(manifest: InferenceManifest, run: Run, work: ShardWork, todo: list[Shard],
-              ray_address: str | None, cancel: threading.Event | None) -> PoolOutcome:
-    """The shards still to do, on the actor pool; progress counts each shard's report."""
+def _ended(run: Run, result: Outcome, summary: dict) -> JobResult:
+    run.publish(phase="done")
+    error = None if result.state is JobState.SUCCEEDED else "; ".join(result.reasons)
+    log.info(f"job.{result.state.value}", reasons=result.reasons,
+             **{k: summary[k] for k in ("rows", "error_rows", "completion_tokens", "wall_s")})
+    return JobResult(result.state, run.output.uri, error, summary)
+
+
+def _summary(manifest: InferenceManifest, run: Run, plan: Plan, run_id: str, whole: PartCounts, result: Outcome,
+             outcome: PoolOutcome, start: RunStart) -> dict:
+    wall, progress, shards_total, todo = run.wall_s, run.progress, len(plan.shards), len(start.todo)
+    return {
+        "job_id": run.job_id, "status": result.state.value, "reasons": result.reasons, **whole.as_dict(),
+        "rows_planned": plan.rows, "output": run.output.uri, "run_id": run_id,
+        "shards_total": shards_total, "shards_committed": progress.shards_done, "shards_todo": todo,
+        "shards_skipped": shards_total - todo, "shards_failed": len(outcome.failed),
+        "skipped_failed_shards": dict(outcome.failed), "timed_out": outcome.timed_out,
+        "dropped": plan.dropped, "dropped_rows": len(plan.dropped),
+        "retried_rows": start.retry.error_rows if start.retry is not None else None,
+        "error_rate": round(whole.error_rows / whole.rows, 6) if whole.rows else None,
+        "max_error_rate": manifest.max_error_rate, "wall_s": round(wall, 3),
+        "run_completion_tokens": progress.completion_tokens,
+        "tokens_per_s": round(progress.completion_tokens / wall, 2) if wall > 0 else 0.0,
+        "model": manifest.model, "engine": manifest.engine, "actor_log": outcome.log_file,
+        "finished_at": time.time(),
+    }
+
+
+def _run_pool(manifest: InferenceManifest, run: Run, plan: Plan, work: ShardWork, todo: list[Shard],
+              rows: RowProgress, ray_address: str | None, cancel: threading.Event | None,
+              deadline: float | None) -> PoolOutcome:
+    """The shards still to do, on the actor pool; progress counts rows batch by batch."""
     ray_cluster.connect(ray_address)
     res = manifest.resources
     pool = ActorPool(PoolConfig(
@@ -157,18 +205,26 @@ def _run_pool(manifest: InferenceManifest, run: Run, work: ShardWork, todo: list
         actor_args=(manifest.model,),
         actor_kwargs=dict(engine=manifest.engine, batch_size=res.batch_size,
                           max_batch_tokens=res.max_batch_tokens, threads=max(1, int(res.cpus_per_worker)),
+                          dtype=manifest.params.dtype, quantization=manifest.params.quantization,
+                          model_identity=plan.model if manifest.engine != "baseline" else None,
                           **_baseline_kwargs(manifest, run.output)),
         max_attempts=manifest.max_shard_attempts, stop_on_failure=manifest.on_shard_failure == "fail",
+        shard_timeout_s=manifest.shard_timeout_s,
     ), run.job_id)
     run.publish(phase="running")
     progress = run.progress
 
-    def on_report(r: ShardReport) -> None:
-        run.publish(shards_done=progress.shards_done + 1, rows=progress.rows + r.rows,
-                    error_rows=progress.error_rows + r.error_rows,
-                    completion_tokens=progress.completion_tokens + r.completion_tokens)
+    def on_report(r) -> None:
+        rows.on_report(r)
+        if r.committed:
+            progress.observe_shard(r.seconds)  # the shard latency histogram (Prometheus)
+        run.publish(shards_done=progress.shards_done + 1, **rows.fields())
 
-    outcome = pool.run(todo, work, on_report, cancel)
+    def on_batches(shards: dict) -> None:
+        rows.on_batches(shards)
+        run.publish(**rows.fields())
+
+    outcome = pool.run(todo, work, on_report, cancel, on_progress=on_batches, deadline=deadline)
     run.publish(shards_failed=len(outcome.failed))
     return outcome
 

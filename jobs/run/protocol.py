@@ -1,10 +1,12 @@
 """The run protocol every kind of job follows, written once: inference and training runners differ
-only in the work between `prepare` and `succeed`.
+in the work between the output mode and the outcome.
 
 A runner is a function with the `Runner` signature. It opens a `Run`, which owns the job id,
 the output location, the progress (one `JobProgress`, drawn and handed to `on_progress`) and
-how the run ends: the output mode applied before any work, `_SUCCESS.json` written last, and
-a `JobResult` whose status is a `JobState`.
+how the run ends: a `JobResult` whose status is a `JobState` (succeeded, partial, failed,
+cancelled). An inference run publishes a snapshot of its parts (workers.output.snapshot, called
+by jobs.run.inference); a training run's output is a model folder whose `_SUCCESS.json` is
+written last by `succeed_model`.
 """
 
 from __future__ import annotations
@@ -73,24 +75,24 @@ class Run:
         if self._on_progress:
             self._on_progress(copy.deepcopy(self.progress))
 
-    def prepare(self, mode: str, run_key: dict | None = None, *, parts_resumable: bool = True) -> JobResult | None:
-        """Apply the output mode (OutputLocation.prepare); the earlier outcome when a finished
-        output makes this run unnecessary. Raises OutputExistsError when the mode refuses."""
-        earlier = self.output.prepare(mode, run_key, parts_resumable=parts_resumable)
+    def prepare_model(self, mode: str) -> JobResult | None:
+        """Apply the output mode to a model folder (a training output); the earlier outcome when
+        a finished model makes this run unnecessary. Raises OutputExistsError when the mode refuses."""
+        earlier = self.output.prepare_model_output(mode)
         if earlier is None:
             return None
         log.info("job.already_done", output=self.output.uri)
         return JobResult(JobState.SUCCEEDED, self.output.uri, None, earlier)
 
-    def succeed(self, summary: dict) -> JobResult:
-        """Publish `_SUCCESS.json` (the last write of a run) and end it succeeded."""
+    def succeed_model(self, summary: dict) -> JobResult:
+        """Write the model folder's `_SUCCESS.json` (the last write of a training run) and end it succeeded."""
         summary = {"job_id": self.job_id, **summary}
-        self.output.publish(summary)
+        self.output.publish_model(summary)
         self.publish(phase="done")
         return JobResult(JobState.SUCCEEDED, self.output.uri, None, summary)
 
     def end(self, state: JobState, error: str | None, summary: dict | None = None) -> JobResult:
-        """End the run failed or cancelled; nothing is published."""
+        """End the run failed or cancelled; nothing is published (the previous snapshot stays)."""
         log.warning("job.ended", status=state.value, error=error)
         return JobResult(state, self.output.uri, error, summary or {})
 

@@ -29,7 +29,8 @@ from jobs.run.protocol import ProgressCallback, Run
 from jobs.run.results import JobResult
 from llm_core.tokenizer import load_hf_tokenizer
 from workers.model_resolver import resolve_model
-from workers.output.location import OutputExistsError, OutputLocation, OutputMode
+from workers.output.location import OutputLocation
+from workers.output.modes import OutputExistsError, OutputMode
 from workers.training import checkpoint as ckpt
 from workers.training.bpe import train_bpe
 from workers.training.config import BPE, Objective, TrainingTask
@@ -63,7 +64,7 @@ def _train(manifest: TrainingManifest, job_id, ray_address, on_progress, show_pr
     with Run(manifest.name, output, job_id=job_id, on_progress=on_progress, show_progress=show_progress) as run:
         log = structlog.get_logger().bind(job=manifest.name)
         try:
-            earlier = run.prepare(manifest.output.mode, parts_resumable=False)
+            earlier = run.prepare_model(manifest.output.mode)
             if earlier is None and manifest.output.mode == OutputMode.OVERWRITE:
                 storage.delete_prefix(manifest.checkpoint.uri)
         except (OutputExistsError, storage.ScopeError) as exc:
@@ -84,7 +85,7 @@ def _train(manifest: TrainingManifest, job_id, ray_address, on_progress, show_pr
         if any(e.get("event") == "cancelled" for e in events):
             log.info("train.cancelled", step=summary["steps"])
             return run.end(JobState.CANCELLED, "cancelled by request", summary)
-        result = run.succeed(summary)
+        result = run.succeed_model(summary)
         log.info("train.succeeded", output=output.uri, steps=summary["steps"], wall_s=round(elapsed, 1))
         return result
 

@@ -6,6 +6,8 @@ due schedule runs, then admit queued jobs. A job is started only by the one proc
 conditional `claim` moved it queued -> running, so two processes never start it twice.
 A runner reports how its run ended as a dict whose `status` is a `JobState` value; the
 scheduler records the job's next state through the store, which follows jobs/lifecycle.py.
+Only a failed run is retried (running -> queued, up to max_attempts); succeeded and partial
+both published a snapshot and end the job.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from jobs.lifecycle import IllegalTransition, JobState
 from jobs.run.protocol import Runner
 from jobs.service import runner_actors
 from jobs.service.error_text import tenant_error
+from jobs.service.outcome import partial_message, reported, tenant_summary
 from jobs.service.queue import Admission, enqueue_schedule_runs
 from jobs.service.store.job_store import Store, utcnow
 
@@ -208,8 +211,8 @@ class Scheduler:
             self.store.set_progress(job_id, self.id, progress, event=moved)
             att.last_progress = progress
         if result is not None:
-            status, error = _reported(result)
-            self._end(row, status, error=error, summary=result.get("summary") or None,
+            status, error = reported(result)
+            self._end(row, status, error=error, summary=tenant_summary(result.get("summary")),
                       output_uri=result.get("output_uri"))
             return
         now = time.monotonic()
@@ -233,10 +236,13 @@ class Scheduler:
             ok = self._finish(row, JobState.CANCELLED, **common)
         elif status == JobState.SUCCEEDED:
             ok = self._finish(row, JobState.SUCCEEDED, **common)
+        elif status == JobState.PARTIAL:  # a published outcome, never retried: its reasons say what is missing
+            ok = self._finish(row, JobState.PARTIAL, message=partial_message(summary, error), error=error, **common)
         elif status == JobState.CANCELLED:  # only a timeout cancels a job that is not cancelling
             ok = self._finish(row, JobState.FAILED, message="timed out", failed_run=True,
                               error=f"timed out after {row['timeout_s']}s", **common)
-        elif row["failures"] + 1 < row["max_attempts"]:
+        elif row["failures"] + 1 < row["max_attempts"] and not (summary or {}).get("refused"):
+            # (a refusal before any work — pre-flight, the output held or changed — would only repeat)
             delay = row["retry_backoff_s"] * 2 ** row["failures"]
             ok = self._finish(row, JobState.QUEUED, message=f"run failed; retry in {delay:.0f}s", error=error,
                               failed_run=True, event_kind="retry", not_before=utcnow() + timedelta(seconds=delay))
@@ -261,14 +267,6 @@ class Scheduler:
         except IllegalTransition as exc:
             log.info("job.moved_meanwhile", job_id=row["id"], wanted=to_state.value, error=str(exc))
             return None
-
-
-def _reported(result: dict) -> tuple[JobState, str | None]:
-    """The state a runner reported (the wire shape's `status`) and its error."""
-    try:
-        return JobState(result.get("status")), result.get("error")
-    except ValueError:  # not a state: a broken runner, which counts as a failed run
-        return JobState.FAILED, f"runner reported an unknown status {result.get('status')!r}: {result.get('error')}"
 
 
 def _alive(owner: str, host: str) -> bool:

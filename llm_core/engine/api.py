@@ -6,6 +6,7 @@ every engine sees exactly the same inputs and can be compared token for token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, Sequence
 
 from llm_core.engine.sampling import Completion, SamplingParams
@@ -18,9 +19,13 @@ class Engine(Protocol):
     eos_token_ids: tuple[int, ...]
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+        on_finished: Callable[[list[tuple[int, int]]], None] | None = None,
     ) -> list[list[Completion]]:
-        """Continue each prompt; returns, per prompt in input order, params.n completions."""
+        """Continue each prompt; returns, per prompt in input order, params.n completions.
+
+        `on_finished([(prompt index, completion tokens), ...])` is called as prompts finish (all
+        their completions), so a caller shows progress without cutting the work into calls."""
         ...
 
     def score(

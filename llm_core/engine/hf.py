@@ -15,6 +15,7 @@ import torch
 from llm_core.device import pick_device, pick_dtype
 from llm_core.engine.batching import token_budget_batches
 from llm_core.engine.sampling import Completion, SamplingParams
+from llm_core.engine.progress import FinishedPrompts, OnFinished
 from llm_core.engine.stops import truncate_at_stop
 from llm_core.models.loader import safetensors_files
 from llm_core.tokenizer import ModelTokenizer
@@ -57,8 +58,10 @@ class HFEngine:
         return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 on_finished: OnFinished | None = None) -> list[list[Completion]]:
         results: list[list[Completion]] = [[] for _ in prompts]
+        progress = FinishedPrompts(params.n, on_finished)
         if params.seed is not None:
             torch.manual_seed(params.seed)
         stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
@@ -81,6 +84,7 @@ class HFEngine:
             for j, row in enumerate(new):
                 index = batch[j // params.n]
                 results[index].append(self._completion(row, stops, params, len(prompts[index])))
+                progress.add([(index, results[index][-1].completion_tokens)])
         return results
 
     def _completion(self, row: list[int], stops: set[int], params: SamplingParams, n_prompt: int) -> Completion:
@@ -99,9 +103,11 @@ class HFEngine:
         """Left-padded prompt+continuation batches; only the last positions' logits are computed,
         so memory stays small even with a large vocabulary."""
         pairs = [(i, j) for i in range(len(prompts)) for j in range(len(continuations))]
-        scores = [[0.0] * len(continuations) for _ in prompts]
+        if not pairs:
+            return [[] for _ in prompts]
         seqs = [list(prompts[i]) + list(continuations[j]) for i, j in pairs]
         keep = max(len(c) for c in continuations) + 1
+        totals = torch.zeros(len(pairs), device=self.device)  # on the device: one transfer at the end
         for batch in token_budget_batches([len(s) for s in seqs], self.batch_size, self.max_batch_tokens, 0):
             ids, mask = self._left_pad([seqs[k] for k in batch])
             logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
@@ -109,7 +115,8 @@ class HFEngine:
             for r, k in enumerate(batch):
                 cont = continuations[pairs[k][1]]
                 # logits at position p predict token p+1; the continuation fills the last len(cont) slots
-                positions = torch.arange(keep - 1 - len(cont), keep - 1)
-                targets = torch.tensor(list(cont), device=logprobs.device)
-                scores[pairs[k][0]][pairs[k][1]] = float(logprobs[r, positions, targets].sum())
-        return scores
+                positions = torch.arange(keep - 1 - len(cont), keep - 1, device=logprobs.device)
+                targets = torch.tensor(list(cont), dtype=torch.long, device=logprobs.device)
+                totals[k] = logprobs[r, positions, targets].sum()
+        flat = totals.tolist()
+        return [flat[i * len(continuations):(i + 1) * len(continuations)] for i in range(len(prompts))]

@@ -9,6 +9,7 @@ import structlog
 
 from llm_core.engine.hf import HFEngine
 from llm_core.engine.native import NativeEngine
+from llm_core.engine.native.quantize import QUANTIZATIONS
 from llm_core.models import is_supported
 from llm_core.tokenizer import ModelTokenizer
 
@@ -24,18 +25,27 @@ def native_support(model_dir: Path) -> tuple[bool, str]:
 
 def load_engine(model_dir: str | Path, choice: str = "auto", device: str = "auto", dtype: str = "auto",
                 batch_size: int = 16, max_batch_tokens: int | None = None,
-                tokenizer: ModelTokenizer | None = None):
+                tokenizer: ModelTokenizer | None = None, quantization: str = "none"):
+    """`quantization` (none, int8) is the native engine's: with it, no fallback to transformers."""
     model_dir = Path(model_dir)
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization {quantization!r} is not supported (one of: {', '.join(QUANTIZATIONS)})")
     tokenizer = tokenizer or ModelTokenizer(model_dir)
     if choice in ("auto", "native"):
         ok, why = native_support(model_dir)
         if ok:
             return NativeEngine(model_dir, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens,
-                                max_num_seqs=max(batch_size, 1), tokenizer=tokenizer.tok)
+                                max_num_seqs=max(batch_size, 1), tokenizer=tokenizer.tok,
+                                quantization=quantization)
         if choice == "native":
             raise ValueError(f"engine: native requested but {why}")
+        if quantization != "none":
+            raise ValueError(f"quantization: {quantization} needs the native engine, but {why}")
         log.warning("engine.fallback_to_hf", model_dir=str(model_dir), reason=why)
     elif choice != "hf":
         raise ValueError(f"unknown engine {choice!r} (auto, native or hf)")
+    elif quantization != "none":
+        raise ValueError(f"quantization: {quantization} is the native engine's; engine: hf runs unquantized "
+                         "(use engine: native or auto, or quantization: none)")
     return HFEngine(model_dir, device=device, dtype=dtype, batch_size=batch_size,
                     max_batch_tokens=max_batch_tokens, tokenizer=tokenizer)

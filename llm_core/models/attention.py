@@ -41,7 +41,7 @@ class PaddedLayout:
         self.batch, self.width = len(seq_lens), max(seq_lens)
         self.index = torch.cat(
             [torch.arange(n) + b * self.width for b, n in enumerate(seq_lens)]
-        ).to(device)
+        ).to(device, non_blocking=True)  # a blocking host-to-device copy waits for the stream on CUDA
 
     def spread(self, x: torch.Tensor) -> torch.Tensor:
         """[T, heads, D] -> [B, heads, L, D], zeros where padded."""

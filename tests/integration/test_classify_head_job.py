@@ -14,6 +14,7 @@ from jobs.manifest import parse_manifest
 from jobs.run.inference import run_job
 from tests.support.tiny_model import build_tiny_model
 from workers.inference.classifier_head import CLASSIFIER_FILE, LABELS_FILE, load_classifier
+from workers.output.location import OutputLocation
 
 pytestmark = pytest.mark.integration
 LABELS = ["net", "python", "utils"]
@@ -39,10 +40,11 @@ def test_classify_job_runs_the_head(ray_local, tmp_path, head_model):
     pq.write_table(pa.table({"id": [str(i) for i in range(13)], "text": texts}), src, row_group_size=5)
     m = parse_manifest({"name": "head", "task": {"kind": "classify", "labels": ["utils", "net", "python"]},
                         "model": str(head_model), "input": {"uri": str(src)},
-                        "output": {"uri": str(tmp_path / "out")}, "resources": {"workers": 1}})
+                        "output": {"uri": str(tmp_path / "out")}, "resources": {"workers": 1},
+                        "max_error_rate": 0.1})  # the null row: 1 error of 13
     result = run_job(m)
     assert result.ok, result.error
-    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
+    rows = {r["id"]: r for r in OutputLocation.at(str(tmp_path / "out")).read_snapshot().to_pylist()}
     assert rows["12"]["error"] == "text is null"
     expected = load_classifier(head_model).predict(texts[:12])
     assert [rows[str(i)]["label"] for i in range(12)] == expected  # exactly the head's answers

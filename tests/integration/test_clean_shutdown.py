@@ -131,7 +131,7 @@ def test_llmbatch_run_normal_end_and_ctrl_c(ray_base, tmp_path, tiny_dir):
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
         session = session_of(ray_base, proc.pid)
-        wait_for(lambda: list((tmp_path / "out-200").glob("part-*")), timeout=240)  # mid-job
+        wait_for(lambda: list((tmp_path / "out-200").glob("data/*/part-*")), timeout=240)  # mid-job
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=120) == 130
         assert gone(session, timeout=5), f"Ray processes left after Ctrl-C: {log.read_text()[-3000:]}"

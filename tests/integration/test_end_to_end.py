@@ -17,6 +17,7 @@ import yaml
 
 from jobs.manifest import parse_manifest
 from jobs.run.inference import run_job
+from tests.support.output_files import MANIFEST, marker, part_files, read_json, snapshot_ids, snapshot_table
 from tests.support.paths import REPO
 
 pytestmark = pytest.mark.integration
@@ -40,11 +41,12 @@ def manifest(input_uri, output_uri, model, mode="error_if_exists", **extra):
 
 
 def output_ids(out: Path) -> list[str]:
-    return pq.read_table(out).column("id").to_pylist()
+    return snapshot_ids(out)
 
 
 def parts(out: Path) -> dict[str, tuple[int, int]]:
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("part-*.parquet")}
+    """Every part file of every run (data/<run_id>/part-*.parquet): name -> (inode, mtime)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("data/*/part-*.parquet")}
 
 
 def test_builtin_model_summarizes_real_rows(ray_local, tmp_path, example_data, builtin_model_dir):
@@ -54,17 +56,19 @@ def test_builtin_model_summarizes_real_rows(ray_local, tmp_path, example_data, b
     m = manifest(src, tmp_path / "out", "builtin:smollm2-135m-instruct", params={"max_new_tokens": 32})
     result = run_job(m, job_id="e2e-builtin")
     assert result.ok, result.error
-    table = pq.read_table(tmp_path / "out")
+    table = snapshot_table(tmp_path / "out")
     assert sorted(table.column("id").to_pylist()) == sorted(rows.column("id").to_pylist())
-    assert set(table.schema.names) >= {"id", "summary", "error", "finish_reason", "prompt_tokens",
-                                       "completion_tokens"}
+    assert set(table.schema.names) >= {"id", "summary", "error", "error_kind", "attempts", "finish_reason",
+                                       "prompt_tokens", "completion_tokens"}
     for row in table.to_pylist():
         assert row["error"] is None, row
         assert row["summary"] and row["summary"].isascii() and len(row["summary"].split()) >= 3, row
     success = json.loads((tmp_path / "out" / "_SUCCESS.json").read_text())
     assert success["rows"] == 6 and success["error_rows"] == 0 and success["shards_total"] == 2
-    manifest_file = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert manifest_file["manifest_hash"] == m.manifest_hash()
+    assert success["status"] == "succeeded" and success["format"] == "llmbatch.snapshot/1"
+    manifest_file = read_json(tmp_path / "out", MANIFEST)
+    assert manifest_file["run_id"] == success["run_id"] and manifest_file["fingerprint"] == success["fingerprint"]
+    assert sorted(f["path"] for f in success["files"]) == part_files(tmp_path / "out")
 
 
 def test_resume_skips_committed_shards(ray_local, tmp_path, tiny_dir):
@@ -74,8 +78,11 @@ def test_resume_skips_committed_shards(ray_local, tmp_path, tiny_dir):
     first = parts(out)
     assert len(first) == 4
     lost = sorted(first)[:2]
-    for name in lost:  # as if the crash happened before these two were committed
-        (out / name).unlink()
+    # As if the run had crashed before these two were committed, and so before it published.
+    (out / "_SUCCESS.json").unlink()
+    for path in out.glob("data/*/part-*.parquet"):
+        if path.name in lost:
+            path.unlink()
     result = run_job(manifest(src, out, tiny_dir, mode="resume"))
     assert result.ok, result.error
     assert result.summary["shards_skipped"] == 2 and result.summary["shards_committed"] == 2
@@ -90,20 +97,21 @@ def test_error_if_exists_refuses_a_second_run(ray_local, tmp_path, tiny_dir):
     src = write_input(tmp_path / "in.parquet", rows=4, group=4)
     assert run_job(manifest(src, tmp_path / "out", tiny_dir)).ok
     again = run_job(manifest(src, tmp_path / "out", tiny_dir))
-    assert again.status == "failed" and "already holds" in again.error
+    assert again.status == "failed" and "already holds" in again.error and again.summary.get("refused")
 
 
-def test_bad_rows_are_recorded_and_the_job_succeeds(ray_local, tmp_path, tiny_dir):
+def test_bad_rows_are_recorded_as_permanent_errors(ray_local, tmp_path, tiny_dir):
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": ["a", "b", "c", "d"], "text": ["fine text", None, "", "word " * 3000]}), src)
-    result = run_job(manifest(src, tmp_path / "out", tiny_dir, params={"max_new_tokens": 4,
-                                                                        "max_input_tokens": 256,
-                                                                        "on_long_input": "error"}))
-    assert result.ok, result.error
-    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
+    result = run_job(manifest(src, tmp_path / "out", tiny_dir, max_error_rate=0.75,
+                              params={"max_new_tokens": 4, "max_input_tokens": 256, "on_long_input": "error"}))
+    assert result.ok, result.error  # 3 of 4 rows are errors: within max_error_rate 0.75
+    rows = {r["id"]: r for r in snapshot_table(tmp_path / "out").to_pylist()}
     assert rows["b"]["error"] == "text is null" and rows["c"]["error"] == "text is empty"
     assert rows["d"]["error"].startswith("input too long")
-    assert result.summary["error_rows"] >= 3
+    assert {rows[i]["error_kind"] for i in "bcd"} == {"permanent"} and rows["a"]["error_kind"] is None
+    assert {r["attempts"] for r in rows.values()} == {1}
+    assert result.summary["error_rows"] == 3
 
 
 def _corrupt_row_group(path: Path, group: int) -> None:
@@ -122,12 +130,15 @@ def test_failing_shard_fails_the_job_or_is_skipped(ray_local, tmp_path, tiny_dir
     _corrupt_row_group(src, 1)
     failed = run_job(manifest(src, tmp_path / "a", tiny_dir, max_shard_attempts=2))
     assert failed.status == "failed" and "after 2 attempt(s)" in failed.error
-    assert not (tmp_path / "a" / "_SUCCESS.json").exists()
+    assert marker(tmp_path / "a") == (None, None)  # nothing published
 
     skipped = run_job(manifest(src, tmp_path / "b", tiny_dir, max_shard_attempts=2, on_shard_failure="skip"))
-    assert skipped.ok, skipped.error
-    success = json.loads((tmp_path / "b" / "_SUCCESS.json").read_text())
-    assert len(success["skipped_failed_shards"]) == 1
+    assert skipped.status == "partial", skipped.error  # a pipeline waiting for _SUCCESS.json is not fooled
+    assert not (tmp_path / "b" / "_SUCCESS.json").exists()
+    name, published = marker(tmp_path / "b")
+    assert name == "_PARTIAL.json" and published["status"] == "partial"
+    assert len(published["skipped_failed_shards"]) == 1 and "skipped" in published["reasons"][0]
+    assert skipped.summary["reasons"] == published["reasons"]
     assert sorted(output_ids(tmp_path / "b")) == sorted([f"pkg-{i}" for i in range(10)] +
                                                         [f"pkg-{i}" for i in range(20, 30)])
 
@@ -175,3 +186,4 @@ def test_kill_9_then_resume_redoes_nothing(tmp_path, tiny_dir):
                    if line.startswith("{") and '"job.resume"' in line]
     assert resume_logs and resume_logs[0]["skipped_shards"] == len(before)
     assert sorted(resume_logs[0]["shard_ids"]) == sorted(n[5:-8] for n in before)
+    assert sorted(f["path"].rsplit("/", 1)[1] for f in marker(out)[1]["files"]) == sorted(after)

@@ -184,6 +184,57 @@ def test_score_equals_transformers_log_likelihood(llama, engine):
             assert value == pytest.approx(want, abs=1e-4)
 
 
+@pytest.mark.parametrize("expand_kv", [True, False])
+def test_score_with_expanded_kv_heads_equals_transformers(llama, monkeypatch, expand_kv):
+    """expand_kv=True is the CUDA path (KV heads repeated, no enable_gqa, so SDPA's fused kernels
+    can take the mask); both paths must give transformers' log-likelihoods."""
+    import functools
+
+    from llm_core.engine.native import attention
+
+    monkeypatch.setattr(model_runner, "PrefillAttention",
+                        functools.partial(attention.PrefillAttention, expand_kv=expand_kv))
+    _, hf = llama
+    engine = NativeEngine(llama[0], device="cpu", dtype="float32", max_num_seqs=2)  # 2 groups
+    batch = prompts(3, seed=15)
+    continuations = [[9, 8], [], [4, 4, 4, 1]]
+    got = engine.score(batch, continuations)
+    for prompt, row in zip(batch, got):
+        assert row[1] == 0.0
+        for cont, value in zip(continuations, row):
+            if cont:
+                with torch.inference_mode():
+                    logits = hf(torch.tensor([prompt + cont])).logits[0, len(prompt) - 1 : -1]
+                want = logits.log_softmax(-1).gather(1, torch.tensor(cont)[:, None]).sum().item()
+                assert value == pytest.approx(want, abs=1e-4)
+
+
+def test_score_reads_the_device_once_per_call(engine):
+    from benchmarks.host_reads import HostReads
+
+    batch = prompts(5, seed=16)
+    with HostReads() as reads:
+        engine.score(batch, [[1], [2, 3], [4, 5, 6]])
+    assert dict(reads.counts) == {"tolist": 1}
+    assert engine.score(prompts(2), []) == [[], []]
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.8, top_k=20, top_p=0.9, seed=1),
+                                      dict(repetition_penalty=1.2, no_repeat_ngram_size=2)])
+def test_generation_reads_the_device_once_per_step(engine, monkeypatch, settings):
+    """The token list is the only read per prefill or decode step (on CUDA: one sync per step)."""
+    from benchmarks.host_reads import HostReads
+
+    steps = []
+    for name in ("extend", "decode"):
+        method = getattr(engine.runner, name)
+        monkeypatch.setattr(engine.runner, name, lambda *a, _m=method, **k: steps.append(1) or _m(*a, **k))
+    batch = prompts(4, seed=17)
+    with HostReads() as reads:
+        engine.generate(batch, SamplingParams(max_new_tokens=8, **settings))
+    assert dict(reads.counts) == {"tolist": len(steps)}
+
+
 def test_bfloat16_generation_runs_on_cpu(llama):
     engine = NativeEngine(llama[0], device="cpu", dtype="bfloat16")
     out = engine.generate(prompts(3), SamplingParams(max_new_tokens=6))
@@ -238,6 +289,7 @@ def test_builtin_model_greedy_matches_transformers_on_debian_prompts():
     params = SamplingParams(max_new_tokens=32, repetition_penalty=1.1)
     engine = NativeEngine(folder, device="cpu", dtype="float32")
     got = engine.generate(batch, params)
+    assert engine.prefix_cache.entries  # the shared chat template and instruction, computed once
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     for prompt, completions in zip(batch, got):
         with torch.inference_mode():
@@ -253,16 +305,17 @@ def test_builtin_model_greedy_matches_transformers_on_debian_prompts():
 class EagerDecodeGraphs(DecodeGraphs):
     """DecodeGraphs whose 'graphs' run their step eagerly on replay. CUDA graphs cannot run on
     this CPU-only machine; what this keeps real is everything around them: the static input
-    buffers, padding a batch up to its bucket with rows in free slots, the full-length mask."""
+    buffers, padding a batch up to its bucket with rows in free slots, the masked attention span
+    of the length bucket, the one logits buffer all buckets share, lazy capture."""
 
-    def _capture(self, size: int) -> None:
+    def _capture(self, key: tuple[int, int]) -> None:
         outer = self
 
         class Replay:
             def replay(self) -> None:
-                outer.outputs[size] = outer._step(size)
+                outer._step(*key)
 
-        self.graphs[size] = Replay()
+        self.graphs[key] = Replay()
 
 
 @pytest.mark.parametrize("settings", [dict(), dict(repetition_penalty=1.3)])
@@ -282,6 +335,123 @@ def test_decode_graph_buffers_and_buckets_give_the_eager_tokens(llama, monkeypat
     decode = graphed.runner.decode
     graphed.runner.decode = lambda tokens, positions: sizes.append(len(tokens)) or decode(tokens, positions)
     assert ids(graphed.generate(batch, params)) == want
-    assert isinstance(graphed.runner.graphs, EagerDecodeGraphs)
-    assert graphed.runner.graphs.buckets == [1, 2, 4, 8]
+    graphs = graphed.runner.graphs
+    assert isinstance(graphs, EagerDecodeGraphs)
+    assert graphs.buckets == [1, 2, 4, 8]
     assert len(set(sizes) - {1, 2, 4, 8}) >= 2  # several batches were padded up to a bucket
+    assert {size for size, _ in graphs.graphs} == {next(b for b in (1, 2, 4, 8) if b >= s) for s in sizes}
+    assert graphs.logits.shape == (8, VOCAB)  # one output buffer, the largest bucket's
+
+
+def test_decode_graphs_are_kept_across_calls_and_scoring(llama, monkeypatch):
+    monkeypatch.setattr(model_runner, "DecodeGraphs", EagerDecodeGraphs)
+    engine = NativeEngine(llama[0], device="cpu", dtype="float32", max_num_seqs=4)
+    engine.runner.use_cuda_graphs = True
+    params = SamplingParams(max_new_tokens=6)
+    first = ids(engine.generate(prompts(3, seed=20), params))
+    graphs = engine.runner.graphs
+    captured = dict(graphs.graphs)
+    engine.score(prompts(2, seed=21), [[5], [6, 7]])
+    assert ids(engine.generate(prompts(3, seed=20), params)) == first
+    assert engine.runner.graphs is graphs and all(graphs.graphs[k] is g for k, g in captured.items())
+
+
+def test_attention_length_buckets():
+    from llm_core.engine.native.cuda_graphs import length_bucket
+
+    assert [length_bucket(n, 4096) for n in (1, 256, 257, 1000, 4096)] == [256, 256, 512, 1024, 4096]
+    assert length_bucket(3000, 2304) == 2304  # never past the cache
+
+
+def test_admission_follows_the_cache_slots_memory_allows(llama, engine, monkeypatch):
+    """On a full GPU the cache plan gives fewer slots than max_num_seqs; the batcher must admit
+    no more than that, and outputs stay those of an unconstrained run."""
+    from llm_core.engine.native.cache_plan import CachePlan
+
+    batch = prompts(7, seed=18)
+    params = SamplingParams(max_new_tokens=12)
+    want = ids(engine.generate(batch, params))
+    tight = NativeEngine(llama[0], device="cpu", dtype="float32", max_num_seqs=8)
+    monkeypatch.setattr(tight.runner, "plan", lambda needed: CachePlan(2, 256))
+    widths = []
+    decode = tight.runner.decode
+    tight.runner.decode = lambda tokens, positions: widths.append(len(tokens)) or decode(tokens, positions)
+    assert ids(tight.generate(batch, params)) == want
+    assert tight.runner.cache.num_slots == 2 and max(widths) == 2
+    tight_scores = [row[0] for row in tight.score(batch, [[3, 4]])]  # 7 prompts in groups of 2
+    assert tight_scores == pytest.approx([row[0] for row in engine.score(batch, [[3, 4]])], abs=1e-5)
+
+
+def test_a_sequence_too_long_for_memory_is_refused_clearly(llama, monkeypatch):
+    from llm_core.engine.native.cache_plan import KVCacheMemoryError, plan_cache
+
+    engine = NativeEngine(llama[0], device="cpu", dtype="float32")
+    monkeypatch.setattr(engine.runner, "plan", lambda needed: plan_cache(needed, 64, 512, 4096, free_bytes=10**6))
+    with pytest.raises(KVCacheMemoryError, match="shorten the prompt"):
+        engine.generate(prompts(2), SamplingParams(max_new_tokens=300))
+
+
+def test_transformers_engine_scores_like_the_native_one(llama, engine):
+    from llm_core.engine.hf import HFEngine
+
+    hf_engine = HFEngine(llama[0], device="cpu", dtype="float32", batch_size=2)
+    batch = prompts(3, seed=19)
+    continuations = [[5, 6], [7], []]
+    got = hf_engine.score(batch, continuations)
+    want = engine.score(batch, continuations)
+    assert [len(row) for row in got] == [3, 3, 3]
+    for got_row, want_row in zip(got, want):
+        assert got_row == pytest.approx(want_row, abs=1e-4)
+    assert hf_engine.score(batch, []) == [[], [], []]
+
+
+def shared_prefix_prompts(count: int, seed: int, prefix_len: int = 30) -> list[list[int]]:
+    """A job's prompts: one shared head (system prompt, instruction), then each row's own text."""
+    prefix = torch.randint(1, VOCAB, (prefix_len,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [prefix + own for own in prompts(count, seed=seed + 1)]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(), dict(repetition_penalty=1.2, no_repeat_ngram_size=3), dict(n=2), dict(graphs=True),
+])
+def test_prefix_caching_keeps_greedy_outputs_token_exact(llama, monkeypatch, settings):
+    """Two slots for seven prompts (admission, compaction), the shared prefix computed once and
+    copied into each slot: the same tokens as without the cache and as transformers."""
+    settings = dict(settings)
+    if settings.pop("graphs", False):
+        monkeypatch.setattr(model_runner, "DecodeGraphs", EagerDecodeGraphs)
+    batch = shared_prefix_prompts(7, seed=40)
+    params = SamplingParams(max_new_tokens=16, **settings)
+    engines = {}
+    for caching in (False, True):
+        engines[caching] = NativeEngine(llama[0], device="cpu", dtype="float32", max_num_seqs=2,
+                                        max_batch_tokens=48, prefix_caching=caching)
+        engines[caching].runner.use_cuda_graphs = model_runner.DecodeGraphs is EagerDecodeGraphs
+    want = ids(engines[False].generate(batch, params))
+    assert ids(engines[True].generate(batch, params)) == want
+    assert engines[False].prefix_cache is None
+    assert [len(e) for e in engines[True].prefix_cache.entries.values()] == [30]
+    if params.n == 1:
+        for prompt, completions in zip(batch, want):
+            assert completions[0] == hf_greedy(llama[1], prompt, params)
+
+
+def test_prefix_is_reused_by_the_next_call_and_by_scoring(llama):
+    from benchmarks.host_reads import HostReads
+
+    engine = NativeEngine(llama[0], device="cpu", dtype="float32")
+    plain = NativeEngine(llama[0], device="cpu", dtype="float32", prefix_caching=False)
+    first, second = shared_prefix_prompts(4, seed=50), shared_prefix_prompts(5, seed=50)[1:]
+    params = SamplingParams(max_new_tokens=10)
+    assert ids(engine.generate(first, params)) == ids(plain.generate(first, params))
+    entry = next(iter(engine.prefix_cache.entries.values()))
+    with HostReads() as reads:  # reusing the prefix adds no host-device sync
+        got = engine.generate(second, params)
+    assert ids(got) == ids(plain.generate(second, params))
+    assert dict(reads.counts) == {"tolist": 10}  # one per step: a prefill, then 9 decodes
+    assert list(engine.prefix_cache.entries.values()) == [entry]  # the next shard: not recomputed
+    continuations = [[5], [7, 8, 9], []]
+    scored = engine.score(second, continuations)
+    for got_row, want_row in zip(scored, plain.score(second, continuations)):
+        assert got_row == pytest.approx(want_row, abs=1e-4)
+    assert list(engine.prefix_cache.entries.values()) == [entry]

@@ -104,3 +104,22 @@ def test_concurrent_processes_download_once(tmp_path, s3_bucket):
     assert results == ["ok"] * 4
     assert _same_tree(src, dest)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["shared"]  # no leftover temp dirs
+
+
+def test_a_folder_republished_after_its_listing_is_refused(tmp_path, s3_bucket):
+    """The cache files a download under the content of the listing it was given: objects that
+    no longer match that listing at the end are refused, not filed under the old content."""
+    src = _make_folder(tmp_path)
+    uri = f"s3://{s3_bucket}/models/moving"
+    _upload(src, uri)
+    listing = s3.list_objects(uri + "/")
+    dest = tmp_path / "cache" / "moving"
+    assert model_download.download_folder(uri, dest, listing) == dest and _same_tree(src, dest)
+    s3.write_bytes(f"{uri}/tokenizer.json", b"{}")  # re-published meanwhile: a file more
+    dest2 = tmp_path / "cache" / "moving2"
+    with pytest.raises(model_download.ChecksumError, match="changed while it was downloaded"):
+        model_download.download_folder(uri, dest2, listing)
+    s3.write_bytes(f"{uri}/model.safetensors", os.urandom(300_000))  # new weights, same size
+    with pytest.raises(model_download.ChecksumError, match="model.safetensors: md5"):
+        model_download.download_folder(uri, dest2, listing)
+    assert not dest2.exists() and not list(dest2.parent.glob(".moving2.tmp-*"))

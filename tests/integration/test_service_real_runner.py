@@ -11,6 +11,7 @@ import pytest
 from jobs.service.auth import create_token
 from jobs.cli.client import Client
 from jobs.service.store.job_store import Store
+from tests.support.output_files import assert_each_id_once, marker, part_files
 from tests.support.paths import REPO
 from tests.support.service_fixtures import Service
 
@@ -52,9 +53,7 @@ def test_kill9_mid_job_with_the_real_runner(ray_cluster, tmp_path):
     assert job["state"] == "succeeded", job
     assert job["attempts"] == 1 and any("re-attached" in m for m in messages)  # not started again
     out = tmp_path / "out" / job_id
-    ids = []
-    for part in sorted(out.glob("part-*.parquet")):
-        ids += pq.read_table(part).column("id").to_pylist()
-    assert sorted(ids) == sorted(table.column("id").to_pylist())  # each input id exactly once
-    assert (out / "_SUCCESS.json").exists()
+    assert_each_id_once(out, table.column("id").to_pylist())  # in the files _SUCCESS.json lists
+    assert marker(out)[0] == "_SUCCESS.json"
+    assert part_files(out) == sorted(f["path"] for f in marker(out)[1]["files"])
     assert job["summary"]["rows"] == 16

@@ -1,5 +1,6 @@
 """The status page (GET /) over real HTTP: headless Chromium without a token sees only counts;
-the page an admin's token gets (httpx, Authorization header) is rendered by Chromium to a screenshot."""
+the page an admin's token gets (httpx, Authorization header) is rendered by Chromium to a screenshot:
+every state apart (partial too, with why), rows done / total and the ETA of a running job."""
 
 from __future__ import annotations
 
@@ -21,15 +22,20 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def _populate(store: Store) -> dict[str, str]:
     ids = {}
     for name, state in [("nightly-summaries", "running"), ("translate-fr", "succeeded"),
-                        ("classify-bugs", "failed"), ("waiting-job", "queued")]:
+                        ("classify-bugs", "failed"), ("waiting-job", "queued"), ("label-tickets", "partial")]:
         job, _ = store.submit(NewJob(name=name, owner="alice", manifest={"name": name}, request_hash=name))
         ids[state] = job["id"]
         if state == "queued":
             continue
         store.claim(job["id"], "s1", lease_s=3600)
         store.set_progress(job["id"], "s1", {"shards_total": 10, "shards_done": 4 if state == "running" else 10,
-                                             "rows": 1234, "tokens_per_s": 87.5}, event=True)
-        if state != "running":
+                                             "rows": 1234, "rows_total": 3000, "error_rows": 0, "eta_s": 3725,
+                                             "tokens_per_s": 87.5}, event=True)
+        if state == "partial":
+            store.finish(job["id"], "s1", state, message=state, error="2 of 10 shards skipped",
+                         summary={"rows": 2400, "rows_total": 3000, "error_rows": 12,
+                                  "reasons": ["2 of 10 shards skipped (on_shard_failure: skip)"]})
+        elif state != "running":
             store.finish(job["id"], "s1", state, message=state,
                          error="shard 7: model ran out of memory <boom>" if state == "failed" else None)
     return ids
@@ -60,7 +66,8 @@ def test_status_page_in_headless_chromium(tmp_path, chromium):
     assert page.headers["x-frame-options"] == "DENY" and page.headers["cache-control"] == "no-store"
     for state, job_id in ids.items():
         assert job_id in html and f"class=\"state {state}\"" in html
-    assert "4/10" in html and "87.5" in html and "1,234" in html
+    assert "4/10" in html and "87.5" in html and "1,234 / 3,000" in html and "1h02m" in html  # ETA of the running job
+    assert "2,400 / 3,000" in html and "12 errors" in html and "2 of 10 shards skipped (on_shard_failure" in html
     assert "&lt;boom&gt;" in html and "<boom>" not in html  # errors are escaped
     assert "alice" in html  # an admin sees owners
     assert "running: <b>1</b>" in html

@@ -19,7 +19,7 @@ from cluster import storage
 from cluster.model_cache import download as model_download
 from cluster.storage import s3
 from jobs.manifest import parse_manifest
-from jobs.run.inference import run_job
+from tests.support.output_files import assert_each_id_once, marker, part_files, read_part
 from tests.support.tiny_model import build_tiny_model
 
 SMALL_FILES, SMALL_ROWS = 12, 20  # many small files: one shard each
@@ -78,6 +78,8 @@ def job_manifest(bucket: str, out: str, **overrides):
 
 
 def run_once(manifest, cluster):
+    from jobs.run.inference import run_job  # the runner loads with the test that runs a job
+
     return run_job(manifest, job_id=f"t-{uuid.uuid4().hex[:8]}", ray_address=cluster.address)
 
 
@@ -104,7 +106,8 @@ class Background:
 
 
 def parts(out: str) -> list[str]:
-    return [n for n in storage.list_names(out) if n.startswith("part-")]
+    """Every part file under the output's data/ (paths relative to it), listed by a marker or not."""
+    return part_files(out)
 
 
 def wait_for_parts(out: str, n: int, timeout: float = 120) -> None:
@@ -120,18 +123,19 @@ def assert_mid_job(job: "Background", out: str) -> None:
 
 
 def output_ids(out: str) -> list[int]:
-    fs, _ = storage.filesystem(out)
+    """The ids of every part file present (what a reader listing the folder would see)."""
     ids: list[int] = []
-    for name in parts(out):
-        ids += pq.read_table(storage.filesystem(f"{out}/{name}")[1], filesystem=fs).column("id").to_pylist()
+    for path in parts(out):
+        ids += read_part(out, path, ["id"]).column("id").to_pylist()
     return ids
 
 
 def assert_every_id_once(out: str, expected: set[int]) -> None:
-    ids = output_ids(out)
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    assert not dupes, f"ids committed more than once: {dupes[:20]}"
-    assert set(ids) == expected, f"missing: {sorted(expected - set(ids))[:20]}, extra: {sorted(set(ids) - expected)[:20]}"
+    """Each expected id exactly once in the files the published marker lists, and no other part
+    file beside them (a reader of the folder sees the same rows as a reader of the marker)."""
+    assert_each_id_once(out, expected)
+    _, published = marker(out)
+    assert parts(out) == sorted(f["path"] for f in published["files"]), "parts beside the published snapshot"
 
 
 def success(out: str) -> dict:
@@ -141,9 +145,15 @@ def success(out: str) -> dict:
 ALL_IDS = set(range(TOTAL_ROWS))
 
 
-def committed_at(out: str, name: str) -> float:
-    fs, path = storage.filesystem(f"{out}/{name}")
-    return float(pq.read_schema(path, filesystem=fs).metadata[b"llmbatch.committed_at"])
+def committed_at(out: str, path: str) -> float:
+    """When the part at `path` (relative to the output) was committed (its Parquet metadata)."""
+    fs, full = storage.filesystem(f"{out}/{path}")
+    return float(pq.read_schema(full, filesystem=fs).metadata[b"llmbatch.committed_at"])
+
+
+def shard_of(path: str) -> str:
+    """The shard id of a part path (data/<run_id>/part-<shard_id>.parquet)."""
+    return path.rsplit("/part-", 1)[1][: -len(".parquet")]
 
 
 def busy_inference_actors(cluster) -> list:

@@ -146,6 +146,30 @@ def test_metrics_healthz_and_status_page(env):
     assert page.status_code == 200 and "llmbatch: all jobs" in page.text and "queued: <b>1</b>" in page.text
 
 
+def test_a_partial_job_shows_its_reasons_counts_and_exit_code(env):
+    store, c, alice = env["store"], env["client"], env["alice"]
+    job_id = c.post("/v1/jobs", json={"manifest": manifest(env["tmp"])}, headers=alice).json()["job"]["id"]
+    store.claim(job_id, "s1", lease_s=60)
+    store.set_progress(job_id, "s1", {"shards_total": 4, "shards_done": 2, "rows_total": 40, "rows": 20,
+                                      "error_rows": 2, "completion_tokens": 80, "eta_s": 125.04}, event=True)
+    running = c.get(f"/v1/jobs/{job_id}", headers=alice).json()
+    assert (running["rows"], running["rows_total"], running["error_rows"], running["completion_tokens"]) == (20, 40, 2, 80)
+    assert (running["eta_s"], running["exit_code"], running["reasons"]) == (125.0, None, [])
+    page = c.get("/", headers=alice).text
+    assert "20 / 40" in page and "2m05s" in page and "(2 errors)" in page
+    reasons = ["1 of 4 shards skipped", "error rows 3/40 = 7.5% above max_error_rate 0.0%"]
+    store.finish(job_id, "s1", JobState.PARTIAL, message="partial", error="; ".join(reasons),
+                 summary={"rows": 30, "rows_total": 40, "error_rows": 3, "completion_tokens": 120, "reasons": reasons})
+    done = c.get(f"/v1/jobs/{job_id}", headers=alice).json()
+    assert (done["state"], done["reasons"], done["exit_code"], done["eta_s"]) == ("partial", reasons, 3, None)
+    assert (done["rows"], done["rows_total"], done["error_rows"], done["completion_tokens"]) == (30, 40, 3, 120)
+    listed = c.get("/v1/jobs", params={"state": "partial"}, headers=alice).json()["jobs"]
+    assert [(j["id"], j["reasons"], j["manifest"]) for j in listed] == [(job_id, reasons, None)]
+    page = c.get("/", headers=alice).text
+    assert "class='state partial'" in page and "partial: <b>1</b>" in page and "error rows 3/40" in page
+    assert "30 / 40" in page
+
+
 def test_reads_are_scoped_to_the_owner_and_an_admin_sees_all(env):
     c, tmp = env["client"], env["tmp"]
     mine = c.post("/v1/jobs", json={"manifest": manifest(tmp, name="a-secret-name")}, headers=env["alice"]).json()

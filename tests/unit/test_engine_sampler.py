@@ -95,3 +95,42 @@ def test_no_repeat_ngram_bans_per_row_in_one_batch():
     for row in range(2):
         assert torch.equal(got[row : row + 1], proc(torch.tensor([tokens[row]]), logits[row : row + 1].clone()))
     assert torch.equal(got[2], logits[2])  # size 0: untouched
+
+
+def test_a_sampling_step_reads_the_device_once():
+    """Only the final token list comes back to the host: which warpers run is decided from the
+    Python params and masks use torch.where (on CUDA every other read is a sync per step)."""
+    from benchmarks.host_reads import HostReads
+
+    logits = torch.randn(5, 64, generator=torch.Generator().manual_seed(5))
+    rows = (seqs_for([[1]], temperature=0.9, top_k=8) + seqs_for([[1]], temperature=0.7, top_p=0.8)
+            + seqs_for([[1]]) + seqs_for([[1]], temperature=1.0, seed=3)
+            + seqs_for([[1, 2, 1]], temperature=1.2, top_k=4, top_p=0.9, no_repeat_ngram_size=2))
+    with HostReads() as reads:
+        tokens = sample(logits.clone(), rows)
+    assert len(tokens) == 5
+    assert dict(reads.counts) == {"tolist": 1}
+
+
+def test_seeded_rows_do_not_depend_on_their_neighbours():
+    logits = torch.randn(4, 80, generator=torch.Generator().manual_seed(6))
+    seeded = seqs_for([[1]], temperature=1.0, top_p=0.95, seed=42)
+    alone = [sample(logits[2:3].clone(), seqs_for([[1]], temperature=1.0, top_p=0.95, seed=42))[0]
+             for _ in range(2)]
+    assert alone[0] == alone[1]
+    mixed = seqs_for([[1]], temperature=1.0) + seqs_for([[1]]) + seeded + seqs_for([[1]], temperature=0.5, top_k=3)
+    assert sample(logits.clone(), mixed)[2] == alone[0]
+
+
+def test_only_seeded_rows_get_a_generator():
+    assert seqs_for([[1]], temperature=1.0)[0].generator is None  # the batched draw serves it
+    assert seqs_for([[1]], temperature=1.0, seed=1)[0].generator is not None
+    assert seqs_for([[1]], seed=1)[0].generator is None  # greedy never draws
+
+
+def test_unseeded_rows_draw_from_the_real_distribution():
+    # Two tokens with probabilities 0.8 / 0.2: the batched exponential race must honour them.
+    logits = torch.log(torch.tensor([[0.8, 0.2]])).repeat(4000, 1)
+    torch.manual_seed(0)
+    tokens = sample(logits, seqs_for([[1]] * 4000, temperature=1.0))
+    assert abs(tokens.count(0) / 4000 - 0.8) < 0.03

@@ -82,7 +82,8 @@ def test_dockerignore_sends_only_the_package_sources():
                 "cluster/storage/s3.py", "workers/inference/actor.py"]:
         assert in_context(rel, rules), rel
     for rel in [".venv/bin/python", ".git/HEAD", "tests/test_infra.py", "jobs/cli/__pycache__/main.pyc",
-                "infra/docker/Dockerfile", ".env", "examples/data/x.parquet", "out/part-0.parquet"]:
+                "infra/docker/Dockerfile", ".env", "examples/data/x.parquet",
+                "out/data/20261130T000000Z-0a1b2c3d/part-0.parquet"]:
         assert not in_context(rel, rules), rel
 
 

@@ -122,3 +122,28 @@ def test_manifest_error_keeps_every_error_through_pickle():
     assert copy.source == info.value.source and copy.errors == info.value.errors
     assert str(copy) == str(info.value)
     assert {e.path for e in copy.errors} == {"input.uri", "resources.wrokers"}
+
+
+def test_dtype_and_quantization_default_to_auto_and_none():
+    m = parse_manifest({**GOOD, "params": {"dtype": "bfloat16", "quantization": "int8"}})
+    assert (m.params.dtype, m.params.quantization) == ("bfloat16", "int8")
+    m = parse_manifest(GOOD)
+    assert (m.params.dtype, m.params.quantization) == ("auto", "none")
+
+
+@pytest.mark.parametrize("value,needle", [("fp8", "fp8 is not implemented yet; choose one of: none, int8"),
+                                          ("int3", "unknown quantization 'int3'; choose one of: none, int8")])
+def test_unsupported_quantization_is_refused_naming_the_field(value, needle):
+    errs = errors_of({**GOOD, "params": {"quantization": value}})
+    assert errs == {"params.quantization": needle}
+
+
+def test_unknown_dtype_is_refused():
+    assert "params.dtype" in errors_of({**GOOD, "params": {"dtype": "int8"}})
+
+
+def test_manifest_quantizations_are_the_engines():
+    from jobs.manifest import inference
+    from llm_core.engine.native.quantize import QUANTIZATIONS
+
+    assert inference.QUANTIZATIONS == QUANTIZATIONS

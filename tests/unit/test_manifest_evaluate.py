@@ -29,13 +29,18 @@ def test_evaluate_with_every_field():
     assert m.evaluate.references_uri == ["a.parquet"] and m.evaluate.metrics == ["rouge1", "rougeL"]
 
 
-def test_evaluate_does_not_change_the_run_key_but_changes_the_hash():
-    from jobs.run.inference import run_key
+def test_evaluate_does_not_change_the_fingerprint_but_changes_the_hash():
+    from cluster.storage import FileRef
+    from jobs.run.inference import fingerprint_of
+    from jobs.run.preflight import Plan
 
+    plan = Plan(files=[FileRef("/data/in.parquet", 10, "1")], rows=1, id_type="string", model={"kind": "builtin"})
     plain = parse_manifest(BASE)
     scored = parse_manifest({**BASE, "evaluate": {"reference_column": "reference"}})
-    assert run_key(plain) == run_key(scored)  # resuming with an evaluate block added is fine
+    assert fingerprint_of(plain, plan) == fingerprint_of(scored, plan)  # resuming with an evaluate block added is fine
     assert plain.manifest_hash() != scored.manifest_hash()
+    changed = parse_manifest({**BASE, "params": {"max_new_tokens": 7}})
+    assert fingerprint_of(changed, plan) != fingerprint_of(plain, plan)
 
 
 def test_evaluate_errors_have_paths():

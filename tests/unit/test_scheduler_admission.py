@@ -1,4 +1,5 @@
-"""Admission (priority, per-queue limits, free resources) and cron schedules, against a real store."""
+"""Admission (priority, per-queue limits, free resources), cron schedules, and how a run's report
+becomes the job's next state (partial ends it, a failed run is retried), against a real store."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import update
 
+from jobs.lifecycle import JobState
 from jobs.service import cron as schedules
 from jobs.service.auth import Principal
+from jobs.service.outcome import reported, tenant_summary
 from jobs.service.queue import Admission, enqueue, parse_limits
-from jobs.service.store.job_store import Store
+from jobs.service.scheduler import Scheduler, SchedulerConfig
+from jobs.service.store.job_store import NewJob, Store
 from jobs.service.store.tables import schedules as schedules_table
 
 
@@ -93,3 +97,38 @@ def test_two_processes_advance_a_schedule_once(store, tmp_path):
     other = Store(store.url, run_migrations=False)
     now = datetime(2026, 5, 10, 2, 0, 1, tzinfo=timezone.utc)
     assert len(schedules.due_runs(store, now)) + len(schedules.due_runs(other, now)) == 1
+
+
+def _running(store, sched, max_attempts=3) -> dict:
+    job, _ = store.submit(NewJob(name="n", owner="alice", manifest={"name": "n"}, request_hash="h",
+                                 max_attempts=max_attempts, retry_backoff_s=5.0))
+    return store.claim(job["id"], sched.id, lease_s=60)
+
+
+def test_a_runs_report_decides_the_next_state_and_only_failed_runs_are_retried(store):
+    """The scheduler's reading of a runner's report (its wire dict), against a real store."""
+    sched = Scheduler(store, SchedulerConfig())
+    reasons = ["shard 3 skipped: engine died (pid=4242, ip=10.1.2.3)", "error rate 9% above 0%"]
+
+    def end(row: dict, report: dict) -> dict:
+        status, error = reported(report)
+        sched._end(row, status, error=error, summary=tenant_summary(report.get("summary")),
+                   output_uri=report.get("output_uri"))
+        return store.get(row["id"])
+
+    partial = end(_running(store, sched), {"status": "partial", "error": "; ".join(reasons), "output_uri": "/o",
+                                           "summary": {"rows": 9, "reasons": reasons}})
+    assert (partial["state"], partial["failures"], partial["output_uri"]) == ("partial", 0, "/o")  # attempts left, no retry
+    assert partial["summary"]["reasons"] == ["shard 3 skipped: engine died (pid=<pid>, ip=<ip>)", reasons[1]]
+    assert "10.1.2.3" not in partial["error"]
+    assert store.events(partial["id"])[-1]["message"] == "partial: " + "; ".join(partial["summary"]["reasons"])
+    failed = end(_running(store, sched), {"status": "failed", "error": "boom", "summary": {}})
+    assert (failed["state"], failed["failures"], failed["error"]) == ("queued", 1, "boom")  # retried
+    last = end(_running(store, sched, max_attempts=1), {"status": "failed", "error": "boom"})
+    assert (last["state"], last["failures"]) == ("failed", 1)
+    odd = end(_running(store, sched, max_attempts=1), {"status": "half-done", "error": None})
+    assert odd["state"] == "failed" and "unknown status 'half-done'" in odd["error"]
+    row = _running(store, sched)
+    store.request_cancel(row["id"])  # a cancel wins over the run's own outcome
+    cancelled = end(store.get(row["id"]), {"status": "partial", "error": "x", "summary": {"reasons": ["x"]}})
+    assert cancelled["state"] == JobState.CANCELLED

@@ -15,6 +15,8 @@ from cluster.storage import local
 from cluster.storage.scope import ANY, Scope, ScopeError, canonical, canonical_prefix
 from workers.inference.shards import plan_shards, read_shard
 from workers.model_resolver import resolve_model
+from workers.output.layout import new_run_id
+from workers.output.lease import OutputLease
 from workers.output.location import OutputLocation
 
 
@@ -179,21 +181,24 @@ def test_output_folder_swapped_for_symlink_refuses_every_write(tenants):
     with pytest.raises(ScopeError, match="may not write"):
         out.write_manifest({"x": 1})
     with pytest.raises(ScopeError):
-        out.commit_part("abc", pa.table({"id": ["1"]}))
+        out.commit_part(new_run_id(), "abc", pa.table({"id": ["1"]}))
     with pytest.raises(ScopeError):
-        out.publish({})
+        out.publish_model({})
     with pytest.raises(ScopeError):
-        out.delete_all()
+        out.withdraw_marker("_SUCCESS.json")
+    with pytest.raises(ScopeError):
+        OutputLease.acquire(out, "job-a")
     assert sorted(os.listdir(b)) == before
 
 
 def test_part_path_swapped_for_symlink_is_refused(tenants):
     a, b, scope = tenants
-    (a / "out").mkdir()
+    run = new_run_id()
+    (a / "out" / "data" / run).mkdir(parents=True)
     out = OutputLocation.at(str(a / "out"), scope)
-    os.symlink(b / "stolen.parquet", a / "out" / "part-abc.parquet")
+    os.symlink(b / "stolen.parquet", a / "out" / "data" / run / "part-abc.parquet")
     with pytest.raises(ScopeError, match="part-abc.parquet"):
-        out.commit_part("abc", pa.table({"id": ["1"]}))
+        out.commit_part(run, "abc", pa.table({"id": ["1"]}))
     assert not (b / "stolen.parquet").exists()
 
 
@@ -212,8 +217,9 @@ def test_writes_inside_the_scope_work(tenants):
     a, _, scope = tenants
     out = OutputLocation.at(str(a / "out" / "run"), scope)
     out.write_manifest({"x": 1})
-    assert out.commit_part("abc", pa.table({"id": ["1"]}))
-    assert not out.commit_part("abc", pa.table({"id": ["2"]}))
-    assert out.read_manifest() == {"x": 1} and out.read_part("abc").num_rows == 1
+    run = new_run_id()
+    assert out.commit_part(run, "abc", pa.table({"id": ["1"]}))
+    assert not out.commit_part(run, "abc", pa.table({"id": ["2"]}))
+    assert out.read_manifest() == {"x": 1} and out.read_part_at(out.part_path(run, "abc")).num_rows == 1
     storage.delete(out.path("_manifest.json"), scope=scope)
     assert out.read_manifest() is None

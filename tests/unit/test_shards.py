@@ -75,3 +75,26 @@ def test_missing_input_and_unreadable_file(tmp_path):
     junk.write_bytes(b"not parquet at all")
     with pytest.raises(InputSchemaError, match="junk.parquet"):
         plan_shards(str(junk), REQ)
+
+
+def test_skipped_rows_are_left_out_of_their_shard_and_ids_do_not_change(example_data):
+    from workers.inference.shards import with_skipped_rows
+
+    shards = plan_shards(str(example_data), REQ, rows_per_shard=10)
+    uri = shards[0].file_uri
+    skipped = with_skipped_rows(shards, {uri: [0, 9, 10, 199]})
+    assert [s.shard_id for s in skipped] == [s.shard_id for s in shards]
+    assert skipped[0].skip_rows == (0, 9) and skipped[1].skip_rows == (10,) and skipped[-1].skip_rows == (199,)
+    assert sum(s.num_rows for s in skipped) == 196
+    all_ids = pq.read_table(example_data).column("id").to_pylist()
+    read = [i for s in skipped for i in read_shard(s, ["id"]).column("id").to_pylist()]
+    assert read == [i for n, i in enumerate(all_ids) if n not in (0, 9, 10, 199)]
+    assert read_shard(skipped[0], ["id"]).num_rows == skipped[0].num_rows == 8
+
+
+def test_a_skipped_row_outside_every_shard_is_an_error(example_data):
+    from workers.inference.shards import with_skipped_rows
+
+    shards = plan_shards(str(example_data), REQ)
+    with pytest.raises(ValueError, match="row 200 is in no shard"):
+        with_skipped_rows(shards, {shards[0].file_uri: [200]})

@@ -40,7 +40,7 @@ def test_migrations_create_schema_and_rerun_is_a_no_op(store_url):
     names = set(sa.inspect(s.engine).get_table_names())
     assert {"jobs", "job_events", "schedules", "tokens", "audit_log", "alembic_version"} <= names
     with s.engine.connect() as conn:
-        assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("select version_num from alembic_version").scalar() == "0003"
 
 
 def test_upgrade_from_0001_keeps_tokens_and_adds_their_lifecycle(store_url):
@@ -57,6 +57,24 @@ def test_upgrade_from_0001_keeps_tokens_and_adds_their_lifecycle(store_url):
         assert {"expires_at", "last_used_at", "revoked_at"} <= columns
         assert authenticate(s, "llmb_old-secret").name == "old"  # still valid, now never-expiring
         assert [t["name"] for t in list_tokens(s) if t["last_used_at"] is not None] == ["old"]
+    finally:
+        s.close()
+
+
+def test_upgrade_from_0002_keeps_jobs_and_adds_their_counted_figures(store_url):
+    engine = make_engine(store_url)
+    migrate(engine, "0002")
+    with engine.begin() as conn:  # an ended job as 0002 stored it
+        conn.execute(sa.text("insert into jobs (id, name, owner, state, queue, priority, request_hash, manifest, cpus, "
+                             "gpus, max_attempts, attempts, failures, retry_backoff_s, created_at, summary) values "
+                             "('job-old', 'n', 'alice', 'succeeded', 'default', 0, 'h', '{}', 1, 0, 1, 1, 0, 10, :now, "
+                             "'{\"rows\": 7}')"), {"now": utcnow().replace(tzinfo=None)})
+    engine.dispose()
+    s = Store(store_url)  # migrates 0002 -> head
+    try:
+        assert "counted" in {c["name"] for c in sa.inspect(s.engine).get_columns("jobs")}
+        old = s.get("job-old")
+        assert (old["state"], old["summary"], old["counted"]) == ("succeeded", {"rows": 7}, None)
     finally:
         s.close()
 
@@ -185,3 +203,19 @@ def test_an_illegal_move_raises_and_changes_nothing(store):
     with pytest.raises(sa.exc.StatementError, match="not a valid JobState"), store.engine.begin() as conn:
         conn.execute(sa.update(jobs).where(jobs.c.id == j["id"]).values(state="partial-ish"))
     assert store.get(j["id"])["state"] is JobState.CANCELLED
+
+
+def test_partial_is_terminal_keeps_its_summary_and_its_event_says_why(store):
+    j = store.submit(job(max_attempts=3))[0]
+    store.claim(j["id"], "s1", lease_s=30)
+    summary = {"rows": 30, "error_rows": 3, "reasons": ["1 of 4 shards skipped", "error rate 10% above 0%"]}
+    assert store.finish(j["id"], "s1", JobState.PARTIAL, message="partial: 1 of 4 shards skipped",
+                        error="1 of 4 shards skipped; error rate 10% above 0%", summary=summary, output_uri="s3://o/")
+    row = store.get(j["id"])
+    assert (row["state"], row["summary"], row["failures"], row["output_uri"]) == ("partial", summary, 0, "s3://o/")
+    assert row["finished_at"] is not None and row["lease_owner"] is None
+    assert [(e["kind"], e["state"]) for e in store.events(j["id"])][-1] == ("state", "partial")  # no error event
+    assert store.count_by_state() == {"partial": 1}
+    assert [r["id"] for r in store.list_jobs(state=JobState.PARTIAL)] == [j["id"]]
+    assert store.request_cancel(j["id"]) is JobState.PARTIAL  # ended: a cancel changes nothing
+    assert store.claim(j["id"], "s1", lease_s=30) is None  # and it never runs again

@@ -1,48 +1,45 @@
 """The inference actor: loads the model once, then turns shards into committed output parts.
 
 read -> build prompts -> generate (length-sorted, token-budgeted batches) -> write -> commit.
-Rows that fail (null/empty text, too long, a decoding error) get an `error` value; the shard
-goes on. A part is published with one create-if-absent put, so a shard commits exactly once.
+Rows that fail (null/empty text, too long, a decoding error) get an `error` value and kind; the
+shard goes on. A part is published with one create-if-absent put into its run's folder
+(`data/<run_id>/`), so a shard commits exactly once per run. A retry_errors shard starts from its
+base part, redoes only the error rows of the kinds asked for and writes the merged part whole.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import pyarrow as pa
 import structlog
 
 from llm_core.llm import LLM, RowResult
 from workers.inference.classifier_head import is_classifier, load_classifier
-from workers.model_resolver import resolve_model
+from workers.inference.part_table import cast_ids, merge_retried, output_table, rows_to_retry
 from workers.inference.shard_task import ShardReport, ShardWork
 from workers.inference.shards import Shard, read_shard
+from workers.model_resolver import resolve_model
 
 log = structlog.get_logger()
 
-
-def output_table(work: ShardWork, ids: pa.Array, results: list[RowResult], latency_s: float) -> pa.Table:
-    return pa.table({
-        work.id_column: ids,
-        work.task.output_column: pa.array([r.output for r in results], pa.string()),
-        "error": pa.array([r.error for r in results], pa.string()),
-        "finish_reason": pa.array([r.finish_reason for r in results], pa.string()),
-        "prompt_tokens": pa.array([r.prompt_tokens for r in results], pa.int32()),
-        "completion_tokens": pa.array([r.completion_tokens for r in results], pa.int32()),
-        # The batch's generation time per row: the report draws latency and throughput from it.
-        "latency_s": pa.array([latency_s] * len(results), pa.float32()),
-        "finished_at": pa.array([time.time()] * len(results), pa.float64()),
-    })
+BatchCallback = Callable[[int, int, int], None]  # (rows_done, error_rows, completion_tokens), cumulative
 
 
 class ShardProcessor:
-    """The work of one actor, usable without Ray (tests and benchmarks call it directly)."""
+    """The work of one actor, usable without Ray (tests and benchmarks call it directly).
+
+    `model_identity` is the identity pre-flight computed for the run's fingerprint: the model
+    folder this actor loads must still be it (resolve_model refuses a model changed since)."""
 
     def __init__(self, model_ref: str, engine: str = "auto", device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16, max_batch_tokens: int | None = None, threads: int | None = None,
-                 baseline_model_uri: str | None = None):
+                 baseline_model_uri: str | None = None, model_identity: dict | None = None,
+                 quantization: str = "none"):
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         started = time.perf_counter()
         if engine == "baseline":  # model-free baselines: no language model is loaded
@@ -51,45 +48,87 @@ class ShardProcessor:
             self.llm = BaselineRunner(baseline_model_uri)
             log.info("actor.baseline_loaded", classifier=baseline_model_uri,
                      load_s=round(time.perf_counter() - started, 2))
-            return
-        if threads:
-            import torch
-
-            torch.set_num_threads(max(1, int(threads)))  # one actor per CPU slot, no oversubscription
-        model_dir = resolve_model(model_ref)
-        if is_classifier(model_dir):  # a fine-tuned classification head answers classify jobs directly
-            self.llm = load_classifier(model_dir, device=device, dtype=dtype, batch_size=batch_size)
         else:
-            self.llm = LLM(model_dir, engine=engine, device=device, dtype=dtype,
-                           batch_size=batch_size, max_batch_tokens=max_batch_tokens)
-        log.info("actor.model_loaded", model=model_ref, engine=self.llm.engine.name,
-                 device=self.llm.engine.device, load_s=round(time.perf_counter() - started, 2))
+            if threads:
+                import torch
 
-    def process(self, shard: Shard, work: ShardWork) -> ShardReport:
+                torch.set_num_threads(max(1, int(threads)))  # one actor per CPU slot, no oversubscription
+            model_dir = resolve_model(model_ref, expect=model_identity)
+            if is_classifier(model_dir):  # a fine-tuned classification head answers classify jobs directly
+                if quantization != "none":
+                    raise ValueError(f"quantization: {quantization} is the native engine's; "
+                                     "a classifier-head model runs unquantized")
+                self.llm = load_classifier(model_dir, device=device, dtype=dtype, batch_size=batch_size)
+            else:
+                self.llm = LLM(model_dir, engine=engine, device=device, dtype=dtype, batch_size=batch_size,
+                               max_batch_tokens=max_batch_tokens, quantization=quantization)
+            log.info("actor.model_loaded", model=model_ref, engine=self.llm.engine.name,
+                     device=self.llm.engine.device, load_s=round(time.perf_counter() - started, 2))
+        # Runners without per-batch progress (baseline, classifier head) report once per shard.
+        self._batches = "on_batch" in inspect.signature(self.llm.run_task).parameters
+
+    def _run_task(self, work: ShardWork, texts: list, languages: list | None,
+                  on_batch: BatchCallback | None) -> list[RowResult]:
+        extra = {"on_batch": on_batch} if on_batch is not None and self._batches else {}
+        return self.llm.run_task(work.task, texts, work.sampling, max_input_tokens=work.max_input_tokens,
+                                 on_long_input=work.on_long_input, target_languages=languages, **extra)
+
+    def process(self, shard: Shard, work: ShardWork, on_batch: BatchCallback | None = None) -> ShardReport:
         bound = log.bind(job_id=work.job_id, shard_id=shard.shard_id)
         report = ShardReport(shard.shard_id, committed=False, actor=self.name, node=socket.gethostname())
-        if work.output.has_part(shard.shard_id):  # an earlier attempt won
+        if work.output.has_part(work.run_id, shard.shard_id):  # an earlier attempt won
             report.already_committed = True
             return report
         t0 = time.perf_counter()
         table = read_shard(shard, work.input_columns, work.scope)
-        texts = table.column(work.text_column).to_pylist()
-        languages = table.column(work.language_column).to_pylist() if work.language_column else None
+        ids = cast_ids(table.column(work.id_column), work.id_type, f"{shard.file_uri} (shard {shard.shard_id})")
+        base_path = work.base_part(shard.shard_id)
         t1 = time.perf_counter()
-        results = self.llm.run_task(work.task, texts, work.sampling, max_input_tokens=work.max_input_tokens,
-                                    on_long_input=work.on_long_input, target_languages=languages)
+        if base_path is None:
+            out, results = self._fresh(work, table, ids, on_batch)
+        else:
+            out, results = self._retried(work, shard, table, ids, base_path, on_batch)
+            report.retried_rows = len(results)
         t2 = time.perf_counter()
-        out = output_table(work, table.column(work.id_column), results, (t2 - t1) / max(len(results), 1))
-        report.committed = work.output.commit_part(shard.shard_id, out)
+        report.committed = work.output.commit_part(work.run_id, shard.shard_id, out)
         report.already_committed = not report.committed
         t3 = time.perf_counter()
-        report.rows = len(results)
-        report.error_rows = sum(r.error is not None for r in results)
+        report.rows = out.num_rows
+        report.error_rows = out.num_rows - out.column("error").null_count
         report.prompt_tokens = sum(r.prompt_tokens for r in results)
         report.completion_tokens = sum(r.completion_tokens for r in results)
         report.read_s, report.generate_s, report.write_s = t1 - t0, t2 - t1, t3 - t2
-        report.errors_sample = sorted({r.error for r in results if r.error})[:5]
+        report.errors_sample = sorted({e for e in out.column("error").to_pylist() if e})[:5]
         bound.info("shard.committed" if report.committed else "shard.lost_race", rows=report.rows,
                    error_rows=report.error_rows, completion_tokens=report.completion_tokens,
-                   generate_s=round(report.generate_s, 2))
+                   retried_rows=report.retried_rows, generate_s=round(report.generate_s, 2))
         return report
+
+    def _fresh(self, work: ShardWork, table: pa.Table, ids, on_batch) -> tuple[pa.Table, list[RowResult]]:
+        texts = table.column(work.text_column).to_pylist()
+        languages = table.column(work.language_column).to_pylist() if work.language_column else None
+        t = time.perf_counter()
+        results = self._run_task(work, texts, languages, on_batch)
+        latency = (time.perf_counter() - t) / max(len(results), 1)
+        return output_table(work, ids, results, latency), results
+
+    def _retried(self, work: ShardWork, shard: Shard, table: pa.Table, ids, base_path: str,
+                 on_batch) -> tuple[pa.Table, list[RowResult]]:
+        """The base part with its error rows (of the kinds asked for) redone; the others kept."""
+        base = work.output.read_part_at(base_path)
+        if base.num_rows != table.num_rows or not base.column(work.id_column).equals(ids):
+            raise ValueError(f"input {shard.file_uri} no longer matches part {base_path}: "
+                             "the input changed since that run (rerun with output.mode: overwrite)")
+        positions = rows_to_retry(base, work.retry_kinds)
+        if not positions:
+            return base, []
+        texts = table.column(work.text_column).to_pylist()
+        languages = table.column(work.language_column).to_pylist() if work.language_column else None
+        t = time.perf_counter()
+        results = self._run_task(work, [texts[i] for i in positions],
+                                 [languages[i] for i in positions] if languages is not None else None, on_batch)
+        latency = (time.perf_counter() - t) / max(len(results), 1)
+        attempts = base.column("attempts").to_pylist()
+        redone = output_table(work, ids.take(pa.array(positions)), results, latency,
+                              attempts=[int(attempts[i] or 1) + 1 for i in positions])
+        return merge_retried(base, positions, redone), results

@@ -13,6 +13,12 @@ from llm_core.engine.sampling import SamplingParams
 from llm_core.tasks import TaskSpec
 from workers.output.location import OutputLocation
 
+# Error kinds of an output row: an input problem (null or empty text, too long, a bad target
+# language) fails again on any rerun; a model or engine problem may not.
+PERMANENT = "permanent"
+RETRIABLE = "retriable"
+ERROR_KINDS = (PERMANENT, RETRIABLE)
+
 
 @dataclass(frozen=True)
 class ShardWork:
@@ -25,6 +31,14 @@ class ShardWork:
     language_column: str | None = None
     max_input_tokens: int | None = None
     on_long_input: str = "truncate"
+    # The run's folder: parts commit as data/<run_id>/part-<shard_id>.parquet.
+    run_id: str = ""
+    # The plan's id type (a pyarrow type name): every part's id column is cast to it.
+    id_type: str | None = None
+    # A retry_errors run: each shard here has a base part (its path relative to the output) whose
+    # error rows of these kinds are redone; the rest of the base part is kept as it is.
+    retry_kinds: tuple[str, ...] = ()
+    base_parts: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def output_uri(self) -> str:
@@ -42,6 +56,10 @@ class ShardWork:
             cols.append(self.language_column)
         return cols
 
+    def base_part(self, shard_id: str) -> str | None:
+        """The part this shard's retry starts from (None: not a retry of this shard)."""
+        return self.base_parts.get(shard_id) if self.retry_kinds else None
+
 
 @dataclass
 class ShardReport:
@@ -58,3 +76,5 @@ class ShardReport:
     actor: str = ""
     node: str = ""
     errors_sample: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # the attempt's wall time as the pool saw it
+    retried_rows: int | None = None  # a retry_errors shard: the error rows it redid (None: not a retry)

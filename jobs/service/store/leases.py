@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from jobs.lifecycle import RUNNER_STATES, JobState
+from jobs.service.store.counted import raised
 from jobs.service.store.tables import event_row as _event
 from jobs.service.store.tables import jobs, shards_finished, utcnow
 from jobs.service.store.transitions import guarded_update, refuse_illegal
@@ -92,19 +93,22 @@ class LeaseOps:
                 values[key] = val
         held = jobs.c.lease_owner == owner
         with self.engine.begin() as conn:
+            if summary is not None:
+                values["counted"] = raised(_counted(conn, job_id, held), summary)
             if not guarded_update(conn, job_id, to_state, among=RUNNER_STATES, where=[held], **values):
                 if conn.execute(select(jobs.c.id).where(jobs.c.id == job_id, held)).first() is not None:
                     refuse_illegal(conn, job_id, to_state)  # still ours: the state forbade the move
                 return False
             _event(conn, job_id, event_kind, to_state, message, {"error": error} if error else None)
-            if error and to_state != JobState.QUEUED:
+            if error and to_state not in (JobState.QUEUED, JobState.PARTIAL):  # partial: its event says why
                 _event(conn, job_id, "error", to_state, error)
         return True
 
     def set_progress(self, job_id: str, owner: str, progress: dict, *, event: bool) -> None:
+        held = jobs.c.lease_owner == owner
         with self.engine.begin() as conn:
-            conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
-                         .values(progress=progress))
+            counted = raised(_counted(conn, job_id, held), progress)
+            conn.execute(update(jobs).where(jobs.c.id == job_id, held).values(progress=progress, counted=counted))
             if event:
                 msg = f"{shards_finished(progress)}/{progress.get('shards_total', 0)} shards"
                 _event(conn, job_id, "progress", None, msg, progress)
@@ -123,3 +127,9 @@ class LeaseOps:
              .group_by(jobs.c.queue))
         with self.engine.connect() as conn:
             return {queue: n for queue, n in conn.execute(q).all()}
+
+
+def _counted(conn, job_id: str, held) -> dict | None:
+    """The job's counted figures, its row locked until the transaction ends (PostgreSQL)."""
+    row = conn.execute(select(jobs.c.counted).where(jobs.c.id == job_id, held).with_for_update()).first()
+    return row[0] if row else None

@@ -88,6 +88,7 @@ jobs = Table(
     Column("started_at", UTCDateTime(), nullable=True),
     Column("finished_at", UTCDateTime(), nullable=True),
     Column("progress", JSON, nullable=True),  # the last JobProgress, as a dict
+    Column("counted", JSON, nullable=True),  # the most of each figure /metrics sums (counted.py), never lower
     Column("summary", JSON, nullable=True),
     Column("error", Text, nullable=True),
     Column("output_uri", Text, nullable=True),

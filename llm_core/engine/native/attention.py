@@ -5,6 +5,10 @@ to what its slot already holds (a prompt, when scoring continuations) plus its n
 way all sequences attend in one SDPA call per layer, their queries spread into a right-padded
 batch (models.attention.PaddedLayout).
 Decode: one token per sequence, all sequences in one SDPA call over the compact slot view.
+
+Continuations need an explicit mask; SDPA's fused CUDA kernels take no mask together with
+`enable_gqa` (the pair falls back to the slow math kernel), so on CUDA the KV heads are
+expanded to the query heads first and the memory-efficient kernel runs with the mask.
 """
 
 from __future__ import annotations
@@ -13,16 +17,26 @@ import torch
 import torch.nn.functional as F
 
 from llm_core.engine.native.kv_cache import KVCache
+from llm_core.engine.native.transfer import to_device
 from llm_core.models.attention import PackedCausalAttention, PaddedLayout
 
 
+def expand_kv_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, kv_heads, L, D] -> [B, heads, L, D]: query head h reads KV head h // (heads / kv_heads),
+    SDPA's enable_gqa grouping."""
+    return x.repeat_interleave(heads // x.shape[1], dim=1)
+
+
 class PrefillAttention:
-    def __init__(self, cache: KVCache, slots: list[int], starts: list[int], lens: list[int], device):
+    def __init__(self, cache: KVCache, slots: list[int], starts: list[int], lens: list[int], device,
+                 expand_kv: bool | None = None):
         self.cache = cache
-        slot_ids = torch.tensor([s for s, n in zip(slots, lens) for _ in range(n)], device=device)
+        # Default: expand on CUDA (fused kernels), GQA-native SDPA elsewhere (no copy).
+        self.expand_kv = torch.device(device).type == "cuda" if expand_kv is None else expand_kv
+        slot_ids = to_device([s for s, n in zip(slots, lens) for _ in range(n)], device, torch.long)
         self.positions = torch.cat(
             [torch.arange(st, st + n) for st, n in zip(starts, lens)]
-        ).to(device)
+        ).to(device, non_blocking=True)
         self.rows = cache.rows(slot_ids, self.positions)
         # Fresh prompts (generation) attend only to themselves: the cache-free packed backend.
         self.fresh = PackedCausalAttention(lens) if not any(starts) else None
@@ -30,9 +44,9 @@ class PrefillAttention:
             self.layout = PaddedLayout(lens, device)
             # Continuations of cached prefixes (scoring): new token i of sequence b sees its
             # slot's first starts[b] + i + 1 entries; later entries may be stale, so masked.
-            self.slots = torch.tensor(slots, device=device)
+            self.slots = to_device(slots, device, torch.long)
             self.key_len = max(st + n for st, n in zip(starts, lens))
-            limit = torch.tensor(starts, device=device)[:, None] + torch.arange(max(lens), device=device)[None, :]
+            limit = to_device(starts, device, torch.long)[:, None] + torch.arange(max(lens), device=device)[None, :]
             self.mask = (torch.arange(self.key_len, device=device)[None, None, :] <= limit[:, :, None])[:, None]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -41,9 +55,16 @@ class PrefillAttention:
             return self.fresh.attend(layer, q, k, v)
         keys = self.cache.k[layer, self.slots, :, : self.key_len]
         values = self.cache.v[layer, self.slots, :, : self.key_len]
-        out = F.scaled_dot_product_attention(
-            self.layout.spread(q), keys, values, attn_mask=self.mask, enable_gqa=True
-        )
+        if self.expand_kv:
+            heads = q.shape[1]
+            out = F.scaled_dot_product_attention(
+                self.layout.spread(q), expand_kv_heads(keys, heads), expand_kv_heads(values, heads),
+                attn_mask=self.mask,
+            )
+        else:
+            out = F.scaled_dot_product_attention(
+                self.layout.spread(q), keys, values, attn_mask=self.mask, enable_gqa=True
+            )
         return self.layout.gather(out)
 
 

@@ -1,8 +1,9 @@
 """Continuous batching: admit waiting sequences whenever slots free up, under a token budget.
 
 Each step is either a prefill (new prompts packed together, at most `max_batch_tokens` prompt
-tokens, though a single longer prompt still goes alone) or a decode step over every running
-sequence. Prefill goes first so finished sequences are replaced as soon as possible.
+tokens to compute, a cached prefix not counted, though a single longer prompt still goes alone)
+or a decode step over every running sequence. Prefill goes first so finished sequences are
+replaced as soon as possible.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class ContinuousBatcher:
         batch: list[Sequence] = []
         tokens = 0
         while self.waiting and len(self.running) + len(batch) < self.max_num_seqs:
-            size = len(self.waiting[0])
+            size = self.waiting[0].prefill_tokens
             if batch and tokens + size > self.max_batch_tokens:
                 break
             seq = self.waiting.popleft()

@@ -38,6 +38,13 @@ class KVCache:
         self.k[layer].view(-1, head_dim).index_copy_(0, rows, k.reshape(-1, head_dim))
         self.v[layer].view(-1, head_dim).index_copy_(0, rows, v.reshape(-1, head_dim))
 
+    def load_prefix(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Copy a cached prefix's k/v [layers, kv_heads, P, head_dim] into positions 0..P-1 of
+        every slot in `slots`."""
+        length = k.shape[2]
+        self.k[:, slots, :, :length] = k[:, None]
+        self.v[:, slots, :, :length] = v[:, None]
+
     def move(self, src: int, dst: int, length: int) -> None:
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Sequence as Seq
 
 import torch
@@ -13,10 +14,14 @@ from tokenizers import Tokenizer
 from llm_core.device import pick_device
 from llm_core.engine.native.batcher import ContinuousBatcher
 from llm_core.engine.native.model_runner import ModelRunner
+from llm_core.engine.native.quantize import quantize_model
+from llm_core.engine.native.prefix_cache import CachedPrefix, PrefixCache
 from llm_core.engine.native.sampler import sample
 from llm_core.engine.native.sequence import Sequence
 from llm_core.engine.native.stopping import check_stop, completion_ids, completion_text
 from llm_core.engine.native.token_history import TokenHistory
+from llm_core.engine.native.transfer import to_device
+from llm_core.engine.progress import FinishedPrompts
 from llm_core.engine.sampling import Completion, SamplingParams
 from llm_core.models import load_model
 from llm_core.tokenizer import read_tokenizer_file
@@ -46,11 +51,14 @@ class NativeEngine:
     def __init__(
         self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
         max_batch_tokens: int | None = None, max_num_seqs: int = 64, tokenizer: Tokenizer | None = None,
+        prefix_caching: bool = True, quantization: str = "none",
     ):
         model_dir = Path(model_dir)
         self.device = pick_device(device)
         self.model, self.config = load_model(model_dir, self.device, dtype)
         self.dtype = self.model.embed_tokens.weight.dtype
+        self.quantization = quantization
+        quantize_model(self.model, quantization)  # int8: weight-only, activations keep self.dtype
         self.tokenizer = tokenizer or read_tokenizer_file(model_dir)
         self.eos_token_ids = eos_token_ids(model_dir, self.config.eos_token_ids, self.tokenizer)
         self.max_context = self.config.max_position_embeddings
@@ -60,9 +68,12 @@ class NativeEngine:
         self.max_batch_tokens = max_batch_tokens or (16384 if on_gpu else 2048)
         self.max_num_seqs = max_num_seqs
         self.runner = ModelRunner(
-            self.model, self.config, self.device, self.dtype, max_num_seqs, use_cuda_graphs=on_gpu
+            self.model, self.config, self.device, self.dtype, max_num_seqs, use_cuda_graphs=on_gpu,
+            max_context=self.max_context, max_batch_tokens=self.max_batch_tokens,
         )
-        log.info("engine: native (%s, %s, %s)", model_dir.name, self.device, self.dtype)
+        # A shared prompt prefix (system prompt, instruction) is computed once: prefix_cache.py.
+        self.prefix_cache = PrefixCache() if prefix_caching else None
+        log.info("engine: native (%s, %s, %s, quantization %s)", model_dir.name, self.device, self.dtype, quantization)
 
     def _check_prompts(self, prompts: Seq[Seq[int]]) -> None:
         for i, p in enumerate(prompts):
@@ -72,28 +83,33 @@ class NativeEngine:
                 raise ValueError(f"prompt {i} has {len(p)} tokens; the model takes {self.max_context}")
 
     @torch.inference_mode()
-    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams,
+                 on_finished: Callable[[list[tuple[int, int]]], None] | None = None) -> list[list[Completion]]:
         self._check_prompts(prompts)
         if params.max_new_tokens <= 0:
             return [[Completion([], "", "length", len(p)) for _ in range(params.n)] for p in prompts]
         if not prompts:
             return []
-        longest = max(len(p) for p in prompts) + params.max_new_tokens
-        cache = self.runner.ensure_cache(min(longest, self.max_context))
-        batcher = ContinuousBatcher(self.max_num_seqs, self.max_batch_tokens)
         seqs = [
             Sequence(p, params, i, j, self.device) for i, p in enumerate(prompts) for j in range(params.n)
         ]
+        for seq, prefix in zip(seqs, self._cached_prefixes([s.prompt for s in seqs])):
+            seq.prefix = prefix
+        longest = max(len(p) for p in prompts) + params.max_new_tokens
+        cache = self.runner.ensure_cache(min(longest, self.max_context))
+        # Admission: no more running sequences than the cache has slots (fewer on a full GPU).
+        batcher = ContinuousBatcher(cache.num_slots, self.max_batch_tokens)
         for seq in seqs:
             batcher.add(seq)
         history = None
         if params.repetition_penalty != 1.0:
-            history = TokenHistory(self.max_num_seqs, cache.max_len, self.device)
+            history = TokenHistory(cache.num_slots, cache.max_len, self.device)
         followers = (history,) if history is not None else ()
+        progress = FinishedPrompts(params.n, on_finished)
         while not batcher.done:
             kind, batch = batcher.next_step()
             if kind == "prefill":
-                logits = torch.stack(self.runner.extend([(s.slot, 0, s.prompt) for s in batch]))
+                logits = torch.stack(self.runner.prefill([(s.slot, s.prompt, s.prefix) for s in batch]))
                 for seq in batch if history is not None else ():
                     history.start(seq.slot, seq.prompt)
             else:
@@ -101,7 +117,8 @@ class NativeEngine:
             for seq, token in zip(batch, self._next_tokens(logits, batch, history)):
                 seq.output.append(token)
                 check_stop(seq, self.eos_token_ids, self.tokenizer, min(cache.max_len, self.max_context))
-            batcher.release_finished(cache, followers)
+            finished = batcher.release_finished(cache, followers)
+            progress.add((seq.prompt_index, len(completion_ids(seq))) for seq in finished)
         results: list[list[Completion]] = [[] for _ in prompts]
         for seq in seqs:
             results[seq.prompt_index].append(
@@ -114,13 +131,25 @@ class NativeEngine:
             )
         return results
 
+    def _cached_prefixes(self, prompts: list[list[int]]) -> list[CachedPrefix | None]:
+        """Per prompt, the cached prefix it starts with, after caching the one `prompts` share.
+        Before the KV cache is sized, so on a GPU its plan sees the memory the prefix takes."""
+        if self.prefix_cache is None:
+            return [None] * len(prompts)
+        self.prefix_cache.prepare(prompts, self.runner.prefix_kv)
+        found = [self.prefix_cache.match(p) for p in prompts]
+        reused = sum(len(f) for f in found if f is not None)
+        if reused:
+            log.debug("prefix cache: %d of %d prompt tokens reused", reused, sum(len(p) for p in prompts))
+        return found
+
     def _next_tokens(self, logits: torch.Tensor, batch: list[Sequence], history: TokenHistory | None) -> list[int]:
         if history is None:
             return sample(logits, batch)
-        slots = torch.tensor([s.slot for s in batch], device=self.device)
+        slots = to_device([s.slot for s in batch], self.device, torch.long)
         lengths = [len(s) for s in batch]  # the new token's position in each row
         tokens = sample(logits, batch, history.rows(slots, max(lengths)))
-        history.add(slots, torch.tensor(lengths, device=self.device), torch.tensor(tokens, device=self.device))
+        history.add(slots, to_device(lengths, self.device, torch.long), to_device(tokens, self.device, torch.long))
         return tokens
 
     @torch.inference_mode()
@@ -130,21 +159,25 @@ class NativeEngine:
         """Each prompt is prefilled once; every continuation then extends it in the cache
         (overwriting the previous continuation's positions), so prompts are never recomputed."""
         self._check_prompts(prompts)
-        if not prompts:
-            return []
+        if not prompts or not continuations:
+            return [[] for _ in prompts]
         longest = max(len(p) for p in prompts) + max((len(c) for c in continuations), default=0)
         if longest > self.max_context:
             raise ValueError(f"prompt + continuation reach {longest} tokens; the model takes {self.max_context}")
+        prefixes = iter(self._cached_prefixes([list(p) for p in prompts]))
         self.runner.ensure_cache(longest)
-        scores: list[list[float]] = []
-        for group in self._score_groups(prompts):
-            scores.extend(self._score_group(group, continuations))
-        return scores
+        # Scores stay on the device until the end: one transfer for the whole call.
+        per_group = [
+            self._score_group(group, [next(prefixes) for _ in group], continuations)
+            for group in self._score_groups(prompts)
+        ]
+        return torch.cat(per_group).tolist()
 
     def _score_groups(self, prompts: Seq[Seq[int]]):
+        limit = min(self.max_num_seqs, self.runner.cache.num_slots)
         group, tokens = [], 0
         for p in prompts:
-            if group and (len(group) == self.max_num_seqs or tokens + len(p) > self.max_batch_tokens):
+            if group and (len(group) == limit or tokens + len(p) > self.max_batch_tokens):
                 yield group
                 group, tokens = [], 0
             group.append(list(p))
@@ -152,21 +185,22 @@ class NativeEngine:
         if group:
             yield group
 
-    def _score_group(self, group: list[list[int]], continuations) -> list[list[float]]:
-        first = torch.stack(self.runner.extend([(slot, 0, p) for slot, p in enumerate(group)]))
+    def _score_group(self, group: list[list[int]], prefixes: list, continuations) -> torch.Tensor:
+        """[len(group), len(continuations)] summed log-probabilities, on the device."""
+        items = [(slot, p, prefix) for slot, (p, prefix) in enumerate(zip(group, prefixes))]
+        first = torch.stack(self.runner.prefill(items))
         first = first.log_softmax(dim=-1)
-        scores = [[0.0] * len(continuations) for _ in group]
-        for j, cont in enumerate(continuations):
+        columns = []
+        for cont in continuations:
             if not cont:
+                columns.append(first.new_zeros(len(group)))
                 continue
-            rest = None
+            total = first[:, cont[0]]
             if len(cont) > 1:
                 chunks = [(slot, len(p), list(cont[:-1])) for slot, p in enumerate(group)]
-                rest = self.runner.extend(chunks, all_logits=True)
-            targets = torch.tensor(cont[1:], device=first.device)
-            for slot in range(len(group)):
-                total = first[slot, cont[0]]
-                if rest is not None:
-                    total = total + rest[slot].log_softmax(dim=-1).gather(1, targets[:, None]).sum()
-                scores[slot][j] = float(total)
-        return scores
+                rest = torch.stack(self.runner.extend(chunks, all_logits=True))  # [G, n-1, V]
+                targets = to_device(cont[1:], first.device, torch.long)
+                picked = rest.log_softmax(dim=-1).gather(2, targets.expand(len(group), -1)[:, :, None])
+                total = total + picked[:, :, 0].sum(dim=1)
+            columns.append(total)
+        return torch.stack(columns, dim=1)

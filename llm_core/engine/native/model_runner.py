@@ -1,8 +1,10 @@
 """Runs the model for prefill and decode steps over the KV cache; returns fp32 logits.
 
 Prefill packs every sequence's new tokens into one flat batch and computes the lm_head only
-where logits are needed. Decode feeds one token per sequence; on CUDA it replays a captured
+where logits are needed; a prompt's cached prefix (prefix_cache.py) is copied into its slot
+instead of computed. Decode feeds one token per sequence; on CUDA it replays a captured
 graph (see cuda_graphs.py), on CPU it runs eagerly over the cache cut to the longest context.
+The cache's size is cache_plan's decision (free GPU memory on CUDA).
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import torch
 
 from llm_core.engine.native.attention import DecodeAttention, PrefillAttention
+from llm_core.engine.native.cache_plan import activation_reserve, kv_bytes_per_token, plan_cache
 from llm_core.engine.native.cuda_graphs import DecodeGraphs
 from llm_core.engine.native.kv_cache import KVCache
+from llm_core.engine.native.prefix_cache import CachedPrefix, PrefixCapture
+from llm_core.engine.native.transfer import to_device
 from llm_core.models.config import ModelConfig
 from llm_core.models.llama import LlamaForCausalLM
 
@@ -19,25 +24,44 @@ from llm_core.models.llama import LlamaForCausalLM
 class ModelRunner:
     def __init__(
         self, model: LlamaForCausalLM, cfg: ModelConfig, device: str, dtype: torch.dtype,
-        max_num_seqs: int, use_cuda_graphs: bool,
+        max_num_seqs: int, use_cuda_graphs: bool, max_context: int | None = None, max_batch_tokens: int = 2048,
     ):
         self.model, self.cfg, self.device, self.dtype = model, cfg, device, dtype
         self.max_num_seqs = max_num_seqs
+        self.max_context = max_context or cfg.max_position_embeddings
+        self.max_batch_tokens = max_batch_tokens
         self.use_cuda_graphs = use_cuda_graphs
+        self.on_cuda = torch.device(device).type == "cuda"
         self.cache: KVCache | None = None
         self.graphs = None
 
-    def ensure_cache(self, max_len: int) -> KVCache:
-        """(Re)allocate the cache when a call needs longer slots than the current one has."""
-        if self.cache is None or not self.cache.fits(self.max_num_seqs, max_len):
-            # Round up so a slightly longer batch does not force another allocation.
-            max_len = -(-max_len // 256) * 256
-            self.cache = self.graphs = None
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            self.cache = KVCache(self.cfg, self.max_num_seqs, max_len, self.device, self.dtype)
-            if self.use_cuda_graphs:
-                self.graphs = DecodeGraphs(self.model, self.cache, self.max_num_seqs)
+    def plan(self, needed: int):
+        """The cache a call needing `needed` tokens per sequence should have (cache_plan)."""
+        per_token = kv_bytes_per_token(self.cfg, self.dtype)
+        if not self.on_cuda:
+            return plan_cache(needed, self.max_num_seqs, self.max_context, per_token)
+        torch.cuda.empty_cache()  # blocks the allocator keeps but does not use count as free
+        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+        if self.cache is not None:  # it would be released first
+            free += 2 * self.cache.k.numel() * self.cache.k.element_size()
+        reserve = activation_reserve(self.cfg, self.dtype, self.max_batch_tokens, self.max_num_seqs)
+        return plan_cache(needed, self.max_num_seqs, self.max_context, per_token, free, reserve)
+
+    def ensure_cache(self, needed: int) -> KVCache:
+        """(Re)allocate the cache when a call needs longer slots than the current one has, or
+        (CUDA) when an earlier long call left fewer slots than a call this short can have."""
+        cache = self.cache
+        if cache is not None and cache.max_len >= needed and cache.num_slots == self.max_num_seqs:
+            return cache
+        plan = self.plan(needed)
+        if cache is not None and cache.max_len >= needed and plan.num_slots <= cache.num_slots:
+            return cache
+        self.cache = self.graphs = None
+        if self.on_cuda:
+            torch.cuda.empty_cache()
+        self.cache = KVCache(self.cfg, plan.num_slots, plan.max_len, self.device, self.dtype)
+        if self.use_cuda_graphs:
+            self.graphs = DecodeGraphs(self.model, self.cache, plan.num_slots, self.cfg.vocab_size)
         return self.cache
 
     def extend(
@@ -49,20 +73,39 @@ class ModelRunner:
         starts = [start for _, start, _ in chunks]
         lens = [len(tokens) for _, _, tokens in chunks]
         flat = [t for _, _, tokens in chunks for t in tokens]
-        input_ids = torch.tensor(flat, device=self.device)
+        input_ids = to_device(flat, self.device, torch.long)
         backend = PrefillAttention(self.cache, slots, starts, lens, self.device)
         hidden = self.model(input_ids, backend.positions, backend)
         if all_logits:
             return list(self.model.compute_logits(hidden).float().split(lens))
-        last = torch.tensor(lens, device=self.device).cumsum(0) - 1
+        last = to_device(lens, self.device, torch.long).cumsum(0) - 1
         return list(self.model.compute_logits(hidden[last]).float())
+
+    def prefix_kv(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of `tokens` run alone from position 0: [layers, kv_heads, len, head_dim] each."""
+        capture = PrefixCapture()
+        positions = torch.arange(len(tokens), device=self.device)
+        self.model(to_device(tokens, self.device, torch.long), positions, capture)
+        return capture.stacked()
+
+    def prefill(self, items: list[tuple[int, list[int], CachedPrefix | None]]) -> list[torch.Tensor]:
+        """items: (slot, prompt, cached prefix of the prompt or None). Copies each prefix's K/V
+        into its slots, runs the rest of every prompt and returns each prompt's last logits [V]."""
+        slots_of: dict[int, tuple[CachedPrefix, list[int]]] = {}
+        for slot, _, prefix in items:
+            if prefix is not None:
+                slots_of.setdefault(id(prefix), (prefix, []))[1].append(slot)
+        for prefix, slots in slots_of.values():
+            self.cache.load_prefix(to_device(slots, self.device, torch.long), prefix.k, prefix.v)
+        starts = [0 if prefix is None else len(prefix) for _, _, prefix in items]
+        return self.extend([(slot, start, prompt[start:]) for (slot, prompt, _), start in zip(items, starts)])
 
     def decode(self, last_tokens: list[int], positions: list[int]) -> torch.Tensor:
         """Sequence b (in slot b) adds last_tokens[b] at positions[b]; returns logits [B, V]."""
         if self.graphs is not None:
             return self.graphs.run(last_tokens, positions)
-        input_ids = torch.tensor(last_tokens, device=self.device)
-        pos = torch.tensor(positions, device=self.device)
+        input_ids = to_device(last_tokens, self.device, torch.long)
+        pos = to_device(positions, self.device, torch.long)
         length = max(positions) + 1
         mask = (torch.arange(length, device=self.device)[None, :] <= pos[:, None])[:, None, None, :]
         backend = DecodeAttention(self.cache, pos, mask, length)

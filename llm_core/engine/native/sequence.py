@@ -18,19 +18,18 @@ class Sequence:
         self.sample_index = sample_index  # which of the prompt's n completions
         self.output: list[int] = []
         self.slot = -1  # row of the KV cache; -1 while waiting
+        self.prefix = None  # a prefix_cache.CachedPrefix the prompt starts with: not recomputed
         self.finish_reason: str | None = None
         self.stopped_by_token = False  # EOS or a stop token ended it (that token is not returned)
         self.text: str | None = None  # set when a stop string cut the output
         self.stop_scan_from = 0  # length of output text already searched for stop strings
         self.ngram_index: dict | None = None  # built lazily by the sampler
         self.generator = None
-        if not params.greedy:
-            # A private generator per completion makes seeded output independent of batching.
+        if not params.greedy and params.seed is not None:
+            # A private generator per seeded completion makes its output independent of batching;
+            # unseeded rows share the default generator (one batched draw per step, see sampler).
             self.generator = torch.Generator(device=device)
-            if params.seed is None:
-                self.generator.seed()
-            else:
-                self.generator.manual_seed(params.seed + sample_index)
+            self.generator.manual_seed(params.seed + sample_index)
 
     @property
     def tokens(self) -> list[int]:
@@ -38,6 +37,11 @@ class Sequence:
 
     def __len__(self) -> int:
         return len(self.prompt) + len(self.output)
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt tokens its prefill computes (all but a cached prefix)."""
+        return len(self.prompt) - (0 if self.prefix is None else len(self.prefix))
 
     @property
     def last_token(self) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from llm_core.engine.native.transfer import to_device
+
 
 class TokenHistory:
     def __init__(self, num_slots: int, max_len: int, device):
@@ -19,7 +21,7 @@ class TokenHistory:
 
     def start(self, slot: int, prompt: list[int]) -> None:
         """A new sequence takes `slot`: its prompt, then its first id as filler."""
-        row = torch.tensor(prompt, device=self.ids.device)
+        row = to_device(prompt, self.ids.device, torch.long)
         self.ids[slot].fill_(prompt[0])
         self.ids[slot, : len(prompt)] = row
 

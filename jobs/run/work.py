@@ -1,0 +1,42 @@
+"""What an inference manifest asks of every shard: the task, the sampling and the `ShardWork`."""
+
+from __future__ import annotations
+
+from jobs.manifest import InferenceManifest
+from llm_core.engine.sampling import SamplingParams
+from llm_core.tasks import TaskSpec, default_sampling
+from workers.inference.shard_task import ShardWork
+from workers.output.location import OutputLocation
+
+
+def task_spec(m: InferenceManifest) -> TaskSpec:
+    t = m.task
+    return TaskSpec(
+        kind=t.kind, target_language=getattr(t, "target_language", None),
+        source_language=getattr(t, "source_language", "English"), labels=tuple(getattr(t, "labels", ()) or ()),
+        prompt_template=getattr(t, "prompt_template", None), system_prompt=t.system_prompt,
+        instructions=getattr(t, "instructions", None), style=getattr(t, "style", "one_sentence"),
+    )
+
+
+def sampling_params(m: InferenceManifest) -> SamplingParams:
+    p, defaults = m.params, default_sampling(m.task.kind)
+    return SamplingParams(
+        max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+        repetition_penalty=p.repetition_penalty if p.repetition_penalty is not None else defaults["repetition_penalty"],
+        no_repeat_ngram_size=p.no_repeat_ngram_size if p.no_repeat_ngram_size is not None
+        else defaults["no_repeat_ngram_size"],
+        stop=tuple(p.stop), seed=p.seed,
+    )
+
+
+def build_work(m: InferenceManifest, job_id: str, output: OutputLocation | None = None, *, run_id: str = "",
+               id_type: str | None = None, retry_kinds: tuple[str, ...] = (),
+               base_parts: dict[str, str] | None = None) -> ShardWork:
+    return ShardWork(
+        job_id=job_id, output=output or OutputLocation.at(m.output.uri), task=task_spec(m), sampling=sampling_params(m),
+        id_column=m.input.id_column, text_column=m.input.text_column,
+        language_column=getattr(m.task, "target_language_column", None),
+        max_input_tokens=m.params.max_input_tokens, on_long_input=m.params.on_long_input,
+        run_id=run_id, id_type=id_type, retry_kinds=retry_kinds, base_parts=dict(base_parts or {}),
+    )

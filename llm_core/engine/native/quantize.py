@@ -1,0 +1,100 @@
+"""int8 weight-only quantization of the native decoder's linear layers.
+
+Each output channel (row) of a weight gets one scale, absmax / 127; weights are stored as int8,
+a quarter of fp32's memory, half of bf16's. Activations keep the model's dtype: no calibration,
+and the only error is the weights' rounding.
+
+The matmul: `aten._weight_int8pack_mm` (int8 weights, per-channel scales, bf16/fp16 activations)
+on CPU. Its bf16 kernel in torch 2.13 computes wrong results or crashes unless the input size is
+a multiple of 16, and its fp32 kernel is many times slower than dequantizing; those layers, and
+every other device, dequantize the weight for each matmul instead (correct, memory-saving, slower).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUANTIZATIONS = ("none", "int8")
+# Layers quantized: the decoder's projections; lm_head too unless tied or left out.
+DECODER_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (int8 weight [N, K], fp32 scales [N]) with weight ~= q * scale."""
+    w = weight.detach().float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def pick_kernel(device: torch.device, dtype: torch.dtype, in_features: int) -> str:
+    """'int8pack' where torch's int8 weight kernel is right and fast, else 'dequant'."""
+    if device.type != "cpu" or not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        return "dequant"
+    if dtype == torch.float16 or (dtype == torch.bfloat16 and in_features % 16 == 0):
+        return "int8pack"
+    return "dequant"
+
+
+class Int8Linear(nn.Module):
+    """nn.Linear's forward over an int8 weight with per-output-channel scales."""
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales.to(dtype))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+        self.kernel = pick_kernel(qweight.device, dtype, self.in_features)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        q, scales = quantize_rows(linear.weight)
+        return cls(q, scales, linear.bias, linear.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if self.kernel == "int8pack":
+            out = torch.ops.aten._weight_int8pack_mm(flat.contiguous(), self.qweight, self.scales)
+            if self.bias is not None:
+                out = out + self.bias
+        else:
+            weight = self.qweight.to(x.dtype) * self.scales[:, None]
+            out = F.linear(flat, weight, self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel}"
+
+
+def quantize_model(model: nn.Module, method: str = "int8", lm_head: bool | None = None) -> int:
+    """Replace the model's linear layers in place; returns how many were replaced. `none` does nothing.
+
+    lm_head: None quantizes it only when it is not tied to the input embeddings: a tied one would
+    gain an int8 copy beside the embeddings it shares (more memory, and no faster on the CPU)."""
+    if method not in QUANTIZATIONS:
+        raise ValueError(f"quantization {method!r} is not supported (one of: {', '.join(QUANTIZATIONS)})")
+    if method == "none":
+        return 0
+    if lm_head is None:
+        head, embed = getattr(model, "lm_head", None), getattr(model, "embed_tokens", None)
+        lm_head = not (head is not None and embed is not None and head.weight is embed.weight)
+    names = DECODER_LINEARS + (("lm_head",) if lm_head else ())
+    targets = [(parent, child) for parent in model.modules() for child, module in parent.named_children()
+               if child in names and isinstance(module, nn.Linear)]
+    with torch.no_grad():
+        for parent, child in targets:
+            setattr(parent, child, Int8Linear.from_linear(getattr(parent, child)))
+    return len(targets)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (a tied weight counted once)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
