@@ -128,7 +128,8 @@ def _run_slot(manifest, run: Run, plan: Plan, fingerprint: dict, slot, lease, ra
         return run.end(JobState.FAILED, error, run.counts(JobState.FAILED))
     run.publish(phase="finalizing")
     committed = output.committed_shards(slot.run_id) & set(planned)
-    files = {**start.carried, **{sid: output.part_path(slot.run_id, sid) for sid in committed}}
+    parts = {**start.carried, **{sid: output.part_path(slot.run_id, sid) for sid in committed}}
+    files = {sid: parts[sid] for sid in planned if sid in parts}  # in plan order: readers get input order
     counts = {sid: earlier[sid] if sid in start.kept else part_counts(output, path) for sid, path in files.items()}
     whole = total(counts)
     result = decide(planned=set(planned), present=set(files), counts=whole, skipped=dict(outcome.failed),

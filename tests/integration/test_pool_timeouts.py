@@ -28,6 +28,9 @@ def _input(path, rows: int, prefix: str):
 
 
 RUN_ID = new_run_id()
+# A shard of this many rows at 400 new tokens takes ~25 s on an idle 2-core machine (30 rows took
+# 3.4 s), far past the 1.5 s shard timeout and the 8 s deadline below, however idle the machine.
+SLOW_ROWS = 200
 
 
 def _work(tmp_path, max_new_tokens: int) -> ShardWork:
@@ -57,7 +60,7 @@ def test_progress_moves_batch_by_batch_within_a_shard(ray_local, tiny_dir, tmp_p
 
 
 def test_a_shard_past_its_timeout_is_abandoned_and_its_actor_replaced(ray_local, tiny_dir, tmp_path):
-    slow = _input(tmp_path / "slow.parquet", 30, "slow")
+    slow = _input(tmp_path / "slow.parquet", SLOW_ROWS, "slow")
     quick = _input(tmp_path / "quick.parquet", 2, "quick")
     pool = _pool(tiny_dir, shard_timeout_s=1.5, max_attempts=2, stop_on_failure=False)
     reports = []
@@ -70,7 +73,7 @@ def test_a_shard_past_its_timeout_is_abandoned_and_its_actor_replaced(ray_local,
 
 
 def test_the_deadline_stops_the_pool_and_leaves_shards_undone(ray_local, tiny_dir, tmp_path):
-    shards = _input(tmp_path / "in.parquet", 30, "row")
+    shards = _input(tmp_path / "in.parquet", SLOW_ROWS, "row")
     started = time.monotonic()
     reports = []
     outcome = _pool(tiny_dir).run(shards, _work(tmp_path, 400), reports.append, deadline=started + 8)

@@ -55,9 +55,9 @@ def test_diff_names_each_change():
         "input file s3://b/in/c.parquet: added",
         "engine: native -> baseline",
         "id_type: string -> int64",
-        "model file config.json: removed",
-        "model file model.safetensors: changed (w1:900 -> w2:900)",
-        "model file tokenizer.json: added",
+        "model: config.json removed",
+        "model: model.safetensors etag w1 (900 bytes) -> w2 (900 bytes)",
+        "model: tokenizer.json added",
         "params.temperature: 0.0 -> 0.7",
         'task.style: ["one_sentence"] -> ["bullets"]',
     ]
@@ -69,7 +69,7 @@ def test_diff_of_a_run_without_fingerprint():
         'model.files: added ({"config.json": "c1:1...)', "model.kind: builtin -> s3", "model.name: removed (was x)",
         "model.uri: added (s3://models/m)"]
     moved = {**MODEL, "uri": "s3://models/m2"}
-    assert fingerprint_diff(_fp(model=moved), _fp()) == ["model.uri: s3://models/m2 -> s3://models/m"]
+    assert fingerprint_diff(_fp(model=moved), _fp()) == ["model: uri: s3://models/m2 -> s3://models/m"]
 
 
 def test_diff_of_lists_of_named_items():

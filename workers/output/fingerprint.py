@@ -15,6 +15,7 @@ from typing import Any
 
 from cluster.hashing import stable_json, stable_json_sha256
 from cluster.storage.backend import FileRef
+from workers.model_identity import identity_changes
 
 _SHORT = 24  # long values (hashes) are cut in diff lines
 
@@ -89,29 +90,17 @@ def _input_diff(old: list[dict], new: list[dict]) -> list[str]:
 
 
 def _model_diff(old, new) -> list[str]:
-    """A model identity's changes, its files named one by one ("model file config.json: changed")."""
-    if not (isinstance(old, dict) and isinstance(new, dict)):
+    """A model identity's changes, its files named one by one (workers.model_identity's lines)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)) or old.get("kind") != new.get("kind"):
         return _diff("model", old, new)
-    before, after = old.get("files"), new.get("files")
-    if not (isinstance(before, dict) and isinstance(after, dict)):
-        return _diff("model", old, new)
-    lines = _diff("model", {k: v for k, v in old.items() if k != "files"},
-                  {k: v for k, v in new.items() if k != "files"})
-    for name in sorted(set(before) | set(after)):
-        if name not in before:
-            lines.append(f"model file {name}: added")
-        elif name not in after:
-            lines.append(f"model file {name}: removed")
-        elif before[name] != after[name]:
-            lines.append(f"model file {name}: changed ({_short(before[name])} -> {_short(after[name])})")
-    return lines
+    return [f"model: {line}" for line in identity_changes(old, new)]
 
 
 def fingerprint_diff(old: dict | None, new: dict | None) -> list[str]:
     """Human lines naming each part of the fingerprint that differs (empty when equal).
 
     e.g. "input file s3://b/x.parquet: size 100 -> 120", "engine: native -> baseline",
-    "model file model.safetensors: changed (9f2c...:1024 -> 41aa...:1024)", "params.temperature: 0.0 -> 0.7".
+    "model: model.safetensors etag 9f2c (1024 bytes) -> 41aa (1024 bytes)", "params.temperature: 0.0 -> 0.7".
     """
     old, new = old or {}, new or {}
     if not old:

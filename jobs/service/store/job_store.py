@@ -9,6 +9,8 @@ scheduler's claims and leases are in leases.py.
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +41,21 @@ def default_url() -> str:
     return f"sqlite:///{base / 'jobs.db'}"
 
 
+def _enable_wal(cur) -> None:
+    """`PRAGMA journal_mode=WAL` on a new database needs a lock that SQLite may refuse at once,
+    without its busy handler, while other connections open the same file (services starting
+    together): try again for a while instead of failing the start."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -49,8 +66,8 @@ def make_engine(url: str) -> Engine:
         # Let SQLAlchemy, not pysqlite, decide when transactions begin (see _begin_immediate).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=60000")
+        _enable_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
