@@ -123,25 +123,20 @@ class LLM:
 
     def _generate(self, spec: TaskSpec, order: list[int], prompts: dict, params: SamplingParams,
                   results: list, counts: _Counts) -> None:
-        for chunk, outs in self._generate_chunks(order, prompts, params, counts):
-            done = []
-            for i, completions in zip(chunk, outs):
-                c = completions[0]
-                text = clean_output(spec, c.text)
-                results[i] = RowResult(text or None, None if text else "model produced an empty output",
-                                       c.finish_reason, c.prompt_tokens, c.completion_tokens,
-                                       None if text else RETRIABLE)
-                done.append(results[i])
-            counts.add(done)
-
-    def _generate_chunks(self, order: list[int], prompts: dict, params: SamplingParams, counts: _Counts):
-        """(row indexes, completions): one engine call over every row, so batching, sorting and
-        seeds are the engine's own; the engine reports prompts as they finish (`on_finished`)."""
+        """One engine call over every row, so batching, sorting and seeds are the engine's own; the
+        engine reports prompts as they finish (`on_finished`), then the cleaned rows are counted
+        exactly (an empty output is an error only once cleaned)."""
         rows, errors, tokens = counts.rows, counts.errors, counts.tokens
         on_finished = counts.finished if counts.on_batch is not None else None
         outs = self.engine.generate([prompts[i] for i in order], params, on_finished=on_finished)
-        counts.rows, counts.errors, counts.tokens = rows, errors, tokens  # counted again, exactly, below
-        yield order, outs
+        counts.rows, counts.errors, counts.tokens = rows, errors, tokens
+        for i, completions in zip(order, outs):
+            c = completions[0]
+            text = clean_output(spec, c.text)
+            results[i] = RowResult(text or None, None if text else "model produced an empty output",
+                                   c.finish_reason, c.prompt_tokens, c.completion_tokens,
+                                   None if text else RETRIABLE)
+        counts.add([results[i] for i in order])
 
     def _classify(self, spec: TaskSpec, order: list[int], prompts: dict, results: list, counts: _Counts) -> None:
         """Score each label's tokens (then end-of-turn) by log-likelihood: always one of the labels.

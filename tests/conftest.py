@@ -13,6 +13,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 pytest_plugins = [
     "tests.support.session",  # ray_local, example_data, builtin_model_dir
     "tests.support.tiny_model",  # tiny_dir
+    "tests.support.native_engine",  # llama, engine (tiny random HF folders for the native engine)
     "tests.support.s3_server",  # moto_server, s3_bucket
     "tests.support.two_node_cluster",  # two_node_cluster
     "tests.support.control_plane",  # ray_cluster, services, pg_url

@@ -3,7 +3,6 @@ our own unlisted objects (an output at the bucket root included), the writer lea
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pyarrow as pa
@@ -11,6 +10,7 @@ import pytest
 
 from cluster import storage
 from cluster.storage import s3
+from tests.support.lease_race import race_for_lease
 from workers.output.layout import PARTIAL_FILE, SUCCESS_FILE
 from workers.output.lease import LeaseLost, OutputBusyError, OutputLease, generations
 from workers.output.location import OutputExistsError, OutputLocation
@@ -97,18 +97,7 @@ def test_lease_on_s3(s3_bucket):
     with pytest.raises(OutputBusyError, match="being written by job job-a"):
         OutputLease.acquire(out, "job-b")
     time.sleep(0.7)
-    barrier, winners, refused = threading.Barrier(4), [], []
-
-    def take(i: int) -> None:
-        barrier.wait()
-        try:
-            winners.append(OutputLease.acquire(out, f"job-{i}", renew_every_s=3600))
-        except OutputBusyError as exc:
-            refused.append(exc)
-
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(4)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
+    winners, refused = race_for_lease(out, 4)
     assert len(winners) == 1 and len(refused) == 3
     assert generations(out) == [winners[0].generation]
     run = out.prepare("overwrite", FP).run_id

@@ -22,19 +22,6 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.integration]
 
 
-@pytest.fixture
-def db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path}/jobs.db"
-
-
-@pytest.fixture
-def token(db, tmp_path) -> str:
-    out = run_cli("tokens", "create", "alice", "--input-prefix", str(tmp_path), "--output-prefix",
-                  str(tmp_path), "--db", db)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.split()[-1]
-
-
 def start(services, *args, **kw) -> Service:
     svc = Service(*args, **kw)
     services.append(svc)

@@ -23,22 +23,17 @@ pytestmark = [pytest.mark.integration]
 RUNNER = "tests.support.outcome_runner:outcome_run_job"
 
 
-@pytest.fixture
-def db(tmp_path) -> str:
-    return f"sqlite:///{tmp_path}/jobs.db"
-
-
-@pytest.fixture
-def token(db, tmp_path) -> str:
-    out = run_cli("tokens", "create", "alice", "--input-prefix", str(tmp_path), "--output-prefix",
-                  str(tmp_path), "--db", db)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.split()[-1]
-
-
 def _submit(c: Client, tmp_path, outcome: str, **opts) -> str:
     manifest = outcome_manifest(f"job-{outcome}", tmp_path / "in", str(tmp_path / "out" / outcome), outcome)
     return c.submit(manifest, **opts)["job"]["id"]
+
+
+def _serve(ray_cluster, db: str, token: str, tmp_path, services: list) -> tuple[Service, Client]:
+    """One input file, a service with the outcome runner (stopped when the test ends), a client."""
+    write_inputs(tmp_path / "in", files=1)
+    svc = Service(db, ray_cluster.address, runner=RUNNER)
+    services.append(svc)
+    return svc, Client(svc.url, token)
 
 
 def _scrape(url: str, token: str) -> dict[tuple[str, tuple], float]:
@@ -49,10 +44,7 @@ def _scrape(url: str, token: str) -> dict[tuple[str, tuple], float]:
 
 def test_partial_is_an_outcome_with_reasons_and_each_outcome_has_its_exit_code(ray_cluster, db, token, tmp_path,
                                                                              services):
-    write_inputs(tmp_path / "in", files=1)
-    svc = Service(db, ray_cluster.address, runner=RUNNER)
-    services.append(svc)
-    c = Client(svc.url, token)
+    svc, c = _serve(ray_cluster, db, token, tmp_path, services)
     env = {"LLMBATCH_TOKEN": token}
     partial = _submit(c, tmp_path, "partial", max_attempts=3, retry_backoff_s=0.1)
     ok = _submit(c, tmp_path, "succeeded")
@@ -94,10 +86,7 @@ def test_partial_is_an_outcome_with_reasons_and_each_outcome_has_its_exit_code(r
 
 def test_a_running_job_shows_rows_and_eta_and_wait_exits_130_when_it_is_cancelled(ray_cluster, db, token, tmp_path,
                                                                                  services):
-    write_inputs(tmp_path / "in", files=1)
-    svc = Service(db, ray_cluster.address, runner=RUNNER)
-    services.append(svc)
-    c = Client(svc.url, token)
+    svc, c = _serve(ray_cluster, db, token, tmp_path, services)
     job_id = _submit(c, tmp_path, "hold")
     waiting = subprocess.Popen(cli_command("wait", job_id, "--server", svc.url), cwd=REPO, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO), "LLMBATCH_TOKEN": token},

@@ -1,5 +1,6 @@
 """Fixtures for the control-plane tests: a Ray cluster that outlives the services of one test
-module, the services a test starts (stopped when it ends), and a fresh PostgreSQL database."""
+module, the services a test starts (stopped when it ends), a fresh PostgreSQL database, and a
+SQLite store with one tenant token for alice (read and write under the test's tmp_path)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tests.support.service_fixtures import (
     create_pg_database,
     drop_pg_database,
     postgres_available,
+    run_cli,
 )
 
 
@@ -51,3 +53,16 @@ def services() -> Iterator[list[Service]]:
 def pg_url() -> Iterator[str]:
     with fresh_pg_database() as url:
         yield url
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/jobs.db"
+
+
+@pytest.fixture
+def token(db, tmp_path) -> str:
+    out = run_cli("tokens", "create", "alice", "--input-prefix", str(tmp_path), "--output-prefix",
+                  str(tmp_path), "--db", db)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[-1]

@@ -10,11 +10,11 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
+from tests.support.lease_race import race_for_lease
 from workers.output.lease import LeaseLost, OutputBusyError, OutputLease, current_lease, generations
 from workers.output.location import OutputLocation
 
@@ -95,18 +95,7 @@ def test_a_lease_of_a_dead_process_on_this_host_is_taken_over(out, tmp_path):
 def test_racing_takeovers_have_exactly_one_winner(out):
     stale = OutputLease.acquire(out, "job-old", ttl_s=0.1, renew_every_s=3600)
     time.sleep(0.2)
-    barrier, winners, refused = threading.Barrier(8), [], []
-
-    def take(i: int) -> None:
-        barrier.wait()
-        try:
-            winners.append(OutputLease.acquire(out, f"job-{i}", renew_every_s=3600))
-        except OutputBusyError as exc:
-            refused.append(exc)
-
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
+    winners, refused = race_for_lease(out, 8)
     assert len(winners) == 1 and len(refused) == 7
     assert all(exc.job_id == winners[0].job_id for exc in refused)
     with pytest.raises(LeaseLost):

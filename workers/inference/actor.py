@@ -19,6 +19,7 @@ import pyarrow as pa
 import structlog
 
 from llm_core.llm import LLM, RowResult
+from llm_core.threads import configure_threads
 from workers.inference.classifier_head import is_classifier, load_classifier
 from workers.inference.part_table import cast_ids, merge_retried, output_table, rows_to_retry
 from workers.inference.shard_task import ShardReport, ShardWork
@@ -49,10 +50,7 @@ class ShardProcessor:
             log.info("actor.baseline_loaded", classifier=baseline_model_uri,
                      load_s=round(time.perf_counter() - started, 2))
         else:
-            if threads:
-                import torch
-
-                torch.set_num_threads(max(1, int(threads)))  # one actor per CPU slot, no oversubscription
+            configure_threads(threads)  # torch's threads to the actor's CPUs; logs how idle threads wait
             model_dir = resolve_model(model_ref, expect=model_identity)
             if is_classifier(model_dir):  # a fine-tuned classification head answers classify jobs directly
                 if quantization != "none":

@@ -10,7 +10,7 @@ sleeping slow the engine down many times over on a busy node (llm_core/threads.p
 
 from __future__ import annotations
 
-from llm_core.threads import configure_threads, thread_env
+from llm_core.threads import thread_env
 from workers.inference.actor import ShardProcessor
 from workers.inference.shard_task import ShardReport, ShardWork
 from workers.inference.shards import Shard
@@ -32,7 +32,6 @@ def make_actor_class():
                 logs.ensure_configured()
             storage.use_s3_settings(s3_settings)  # the driver's, before anything reads storage
             storage.use_scope(scope)  # the job's: the model folder and every file are read under it
-            configure_threads(kwargs.get("threads"))  # torch's threads to the actor's CPUs; logs the wait policy
             self.processor = ShardProcessor(*args, **kwargs)
             self.current: tuple | None = None  # (shard id, rows done, error rows, completion tokens)
 
