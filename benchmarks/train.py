@@ -71,7 +71,8 @@ def run_plain_torch(manifest, args, tokenizer_dir: Path) -> dict:
     import torch
 
     from llm_core.tokenizer import load_hf_tokenizer
-    from workers.training.data import Encoder, train_batches
+    from workers.training.data import train_batches
+    from workers.training.encode import Encoder
     from workers.training.model import build_model
     from workers.training.optim import build_optimizer
 

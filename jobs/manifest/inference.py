@@ -110,6 +110,9 @@ class InferenceManifest(CrossChecked):
     name: JobName
     task: Task
     model: Annotated[str, MODEL] = DEFAULT_MODEL
+    # A LoRA adapter folder (PEFT layout, as `adapter.export: adapter` writes it) applied on `model`;
+    # its adapter_config.json names the base, which must be this model (checked by fingerprint).
+    adapter: Annotated[str | None, MODEL] = None
     engine: Literal["auto", "native", "hf", "baseline"] = "auto"  # baseline: no language model
     input: InputSpec
     output: OutputSpec

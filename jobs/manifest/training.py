@@ -15,6 +15,8 @@ from pydantic import Field
 from jobs.manifest.common import CrossChecked, JobName, OutputSpec, Problems, Strict
 from workers.training.config import (
     BPE,
+    LORA_TARGET_NAMES,
+    AdapterSpec,
     CheckpointSpec,
     DataSpec,
     DeepSpeedSpec,
@@ -41,6 +43,7 @@ class TrainingManifest(CrossChecked):
     task: TrainingTask
     objective: Objective = Objective.CAUSAL_LM
     model: ModelSpec
+    adapter: AdapterSpec | None = None  # LoRA; none: a full fine-tune
     data: DataSpec
     optimizer: OptimizerSpec = OptimizerSpec()
     training: TrainingSpec = TrainingSpec()
@@ -54,7 +57,7 @@ class TrainingManifest(CrossChecked):
         """What the workers train (they never see the manifest itself)."""
         return TrainingConfig(task=self.task, objective=self.objective, model=self.model, data=self.data,
                               optimizer=self.optimizer, training=self.training, deepspeed=self.deepspeed,
-                              checkpoint=self.checkpoint, output_uri=self.output.uri)
+                              checkpoint=self.checkpoint, output_uri=self.output.uri, adapter=self.adapter)
 
     def _cross_field_problems(self) -> Problems:
         p = self._model_problems()
@@ -76,8 +79,22 @@ class TrainingManifest(CrossChecked):
             p.append((("deepspeed", "offload_params"), "parameter offload needs zero_stage 3"))
         if ds.offload_optimizer != "none" and ds.zero_stage == 0:
             p.append((("deepspeed", "offload_optimizer"), "optimizer offload needs zero_stage 1-3"))
+        if self.adapter is not None:
+            p += self._adapter_problems()
         if ds.override:
             p += [(("deepspeed", "override", *loc), msg) for loc, msg in self._override_problems()]
+        return p
+
+    def _adapter_problems(self) -> Problems:
+        p: Problems = []
+        if self.task != TrainingTask.FINETUNE:
+            p.append((("adapter",), "adapters train on top of a model: use task: finetune (a pretrain trains every weight)"))
+        unknown = [t for t in self.adapter.target_modules if t not in LORA_TARGET_NAMES]
+        if unknown:
+            p.append((("adapter", "target_modules"),
+                      f"unknown {unknown}; the decoder's linears are {', '.join(LORA_TARGET_NAMES)}"))
+        if len(set(self.adapter.target_modules)) != len(self.adapter.target_modules):
+            p.append((("adapter", "target_modules"), "names must be distinct"))
         return p
 
     def _model_problems(self) -> Problems:

@@ -34,7 +34,8 @@ from workers.output.modes import OutputExistsError, OutputMode
 from workers.training import checkpoint as ckpt
 from workers.training.bpe import train_bpe
 from workers.training.config import BPE, Objective, TrainingTask
-from workers.training.data import Encoder, count_rows, count_samples, discover_labels
+from workers.training.data import count_rows, count_samples, discover_labels
+from workers.training.encode import Encoder
 from workers.training.loop import train_loop
 from workers.training.progress_sink import ProgressSink
 

@@ -135,7 +135,9 @@ def test_every_marked_field_is_walked_lists_included():
     full_inference = inference(task={"kind": "classify", "labels": ["a", "b"], "train_uri": "s3://x/ct"},
                                engine="baseline", model="s3://x/m", input={"uri": ["s3://x/i0", "s3://x/i1"]},
                                evaluate={"reference_column": "r", "references_uri": "s3://x/r"})
-    seen = {u.path for m in (full_training, pretrain, full_inference) for u in manifest_uris(parse_manifest(m))}
+    tuned_inference = inference(model="s3://x/m", adapter="s3://x/a")
+    seen = {u.path for m in (full_training, pretrain, full_inference, tuned_inference)
+            for u in manifest_uris(parse_manifest(m))}
     # "data.train[1]" is field data.train; "deepspeed.override.tensorboard.output_path" is deepspeed.override
     fields = {re.sub(r"\[\d+\]$", "", p).split(".override.")[0].replace(".override", "") for p in seen}
     fields = {f + ".override" if f == "deepspeed" else f for f in fields}

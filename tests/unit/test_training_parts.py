@@ -10,14 +10,8 @@ import torch
 
 from jobs.manifest import parse_manifest
 from workers.training import checkpoint as ckpt
-from workers.training.data import (
-    IGNORE,
-    Encoder,
-    collate,
-    list_units,
-    rank_rows,
-    train_batches,
-)
+from workers.training.data import list_units, rank_rows, train_batches
+from workers.training.encode import IGNORE, Encoder, collate
 from workers.training.deepspeed import deepspeed_config
 from workers.training.metrics import flops_per_token, mfu
 from tests.support.paths import REPO

@@ -122,6 +122,28 @@ class DeepSpeedSpec:
         default_factory=dict)
 
 
+LORA_TARGET_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Train low-rank adapters (LoRA, Hu et al. 2021) on the named linears; the base stays frozen.
+
+    `target_modules` uses HF module names (as PEFT does); the native decoder's fused q/k/v and
+    gate/up get one adapter per named slice. `export`: `merged` writes a whole model folder with
+    the adapters folded in; `adapter` writes only the adapters (PEFT's layout) and names the base.
+    """
+
+    __pydantic_config__ = _STRICT
+    kind: Literal["lora"] = "lora"
+    rank: Annotated[int, Field(ge=1, le=1024)] = 16
+    alpha: Annotated[float, Field(gt=0)] = 32.0
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    target_modules: Annotated[list[str], Field(min_length=1)] = field(
+        default_factory=lambda: list(LORA_TARGET_NAMES))
+    export: Literal["merged", "adapter"] = "merged"
+
+
 @dataclass(frozen=True)
 class CheckpointSpec:
     __pydantic_config__ = _STRICT
@@ -145,3 +167,4 @@ class TrainingConfig:
     deepspeed: DeepSpeedSpec
     checkpoint: CheckpointSpec
     output_uri: str
+    adapter: AdapterSpec | None = None  # None: full fine-tune (every weight trains)

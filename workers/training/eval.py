@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from workers.training.config import Objective
-from workers.training.data import IGNORE, collate
+from workers.training.encode import IGNORE, collate
 from workers.training.metrics import classification_scores, perplexity
 
 

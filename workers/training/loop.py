@@ -30,7 +30,8 @@ from workers.model_resolver import resolve_model
 from workers.training import checkpoint as ckpt
 from workers.training import rescale
 from workers.training.config import TrainingConfig, TrainingTask
-from workers.training.data import Encoder, eval_batches, train_batches
+from workers.training.data import eval_batches, train_batches
+from workers.training.encode import Encoder
 from workers.training.deepspeed import deepspeed_config
 from workers.training.eval import evaluate, forward_loss, to_device
 from workers.training.metrics import flops_per_token, mfu, peak_flops
