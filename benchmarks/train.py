@@ -1,14 +1,25 @@
-"""Training throughput: our loop (Ray Train + DeepSpeed ZeRO-2) vs plain torch, on the same model.
+"""Training throughput: our loop (Ray Train + DeepSpeed ZeRO-2) vs plain torch, on the same model;
+and (`--sft`) fine-tuning speed side by side: full vs LoRA, fp32 vs bf16 autocast, packing off/on.
 
-Both train the same randomly initialised Llama, llm_core's native decoder with its chunked
-cross-entropy (built by workers.training.model, so the two sides cannot drift apart; its forward
-returns the loss), on the same Debian sample, with the same micro-batch and sequence length;
-tokens/s counts real (non-pad) tokens after warm-up steps. MFU uses the PaLM FLOP count
-(workers.training.metrics) against the device's dense bf16 peak; on CPU it is printed only when
---peak-tflops is given. benchmarks/train_step.py compares the model itself with transformers'.
+Default mode: both sides train the same randomly initialised Llama, llm_core's native decoder
+with its chunked cross-entropy (built by workers.training.model, so the two sides cannot drift
+apart), on the same Debian sample, with the same micro-batch and sequence length; tokens/s counts
+real (non-pad) tokens after warm-up steps, counted on the host (the plain-torch loop never waits
+for the device inside the timed steps: the loss is read once, at the end). MFU uses the PaLM
+FLOP count with the tied lm_head (workers.training.metrics) against the device's dense bf16
+peak; on CPU it is printed only when --peak-tflops is given.
+
+`--sft`: SFT of the built-in SmolLM2-135M (`--model builtin`) or a tiny decoder with its
+tokenizer (`--model tiny`) on Debian summaries (prompt: the headline instruction of
+llm_core.tasks, response: the reference), in one process, each row on the same samples and
+the same training code as a job (build_model, whose LoRA is llm_core.models.lora; the encoder
+and collation; forward_loss with the autocast training_precision picks). Rows: full / LoRA x
+fp32 / bf16 autocast x packing off / on (select with --adapters, --precisions, --packing).
+benchmarks/train_step.py compares the model itself with transformers'.
 
     python benchmarks/train.py --device cpu --model tiny
     python benchmarks/train.py --device cuda --model 0.5b --steps 40 --micro-batch 8 --seq-len 1024
+    python benchmarks/train.py --sft --model builtin --steps 3 --warmup 1 --micro-batch 8 --seq-len 512
 """
 
 from __future__ import annotations
@@ -26,6 +37,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 SAMPLE = REPO / "examples" / "data" / "debian-pretrain-sample.parquet"
+# Prompt/response rows (the LoRA example's), else a file of text/reference rows to build them from.
+SFT_DATA = [REPO / "examples" / "data" / "debian-summarize-train.parquet",
+            REPO.parent / "shared" / "datasets" / "debian" / "summarize.parquet",
+            REPO / "examples" / "data" / "debian-summarize.parquet"]
+BUILTIN = "builtin:smollm2-135m-instruct"
 SHAPES = {
     # ~0.24M parameters: the CI model.
     "tiny": {"vocab": "bpe", "vocab_size": 2048, "hidden_size": 64, "num_layers": 2, "num_heads": 4},
@@ -67,13 +83,16 @@ def run_ours(manifest, args) -> dict:
 
 
 def run_plain_torch(manifest, args, tokenizer_dir: Path) -> dict:
-    """The same model and data in one process: AdamW, bf16 autocast on GPU, no DeepSpeed."""
+    """The same model and data in one process: AdamW, bf16 autocast on GPU (and on CPUs with
+    native bf16, as our loop), no DeepSpeed."""
     import torch
 
+    from llm_core.device import training_precision
     from llm_core.tokenizer import load_hf_tokenizer
     from workers.training.data import train_batches
     from workers.training.encode import Encoder
-    from workers.training.model import build_model
+    from workers.training.metrics import model_flops_per_token
+    from workers.training.model import build_model, causal_lm_of
     from workers.training.optim import build_optimizer
 
     device = args.device
@@ -86,22 +105,44 @@ def run_plain_torch(manifest, args, tokenizer_dir: Path) -> dict:
     model = build_model(config, tok, None, None, seed=0).to(device)
     opt = build_optimizer(model, config.optimizer, offload=False)
     batches = train_batches(config, Encoder(config, tok, None), rank=0, world=1)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
-    tokens, t0 = 0, None
-    for step in range(args.steps):
-        if step == args.warmup:
+    # GPU: bf16 autocast (our loop: DeepSpeed bf16); CPU: what our loop picks (bf16 autocast
+    # where bf16 is native), so both sides compute alike.
+    autocast = torch.bfloat16 if device == "cuda" else training_precision(device, manifest.deepspeed.precision).autocast
+    timed = _timed_steps(model, opt, batches, args.steps, args.warmup, device, config.objective, autocast,
+                         manifest.deepspeed.gradient_clipping)
+    lm = causal_lm_of(model)
+    return {**timed, "flops_per_token": model_flops_per_token(model, lm.config, args.seq_len)}
+
+
+def _timed_steps(model, opt, batches, steps: int, warmup: int, device: str, objective, autocast,
+                 clip: float) -> dict:
+    """Train `steps` micro-batches, timing those after `warmup`. Tokens are counted on the host
+    batch before it moves, and the loss stays on the device until the end: no sync per step."""
+    import torch
+
+    from workers.training.eval import forward_loss
+
+    tokens, slots, t0, c0, loss = 0, 0, time.perf_counter(), time.process_time(), None
+    for step in range(steps):
+        if step == warmup:
             _sync(device)
-            tokens, t0 = 0, time.perf_counter()
-        batch = {k: v.to(device) for k, v in next(batches).items()}
-        with amp:
-            loss = model(**batch)
+            tokens, slots, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
+        host = next(batches)
+        tokens += int(host["attention_mask"].sum())
+        slots += host["attention_mask"].numel()
+        batch = {k: v.to(device, non_blocking=True) for k, v in host.items()}
+        loss, _ = forward_loss(model, batch, objective, autocast)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), manifest.deepspeed.gradient_clipping)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        tokens += int(batch["attention_mask"].sum())
     _sync(device)
-    return {"tokens_per_s": tokens / (time.perf_counter() - t0)}
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # CPU seconds per step (all threads) beside wall time: on a shared machine, a step slower in
+    # wall time but not in CPU time was waiting for cores others held.
+    return {"tokens_per_s": tokens / elapsed, "s_per_step": elapsed / max(1, steps - warmup),
+            "cpu_s_per_step": cpu / max(1, steps - warmup),
+            "padding": 1 - tokens / max(1, slots), "loss": float(loss.detach())}
 
 
 def _sync(device: str) -> None:
@@ -111,10 +152,122 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def sft_rows(path: Path, limit: int) -> list[dict]:
+    """Up to `limit` {prompt, response} rows: as stored, or built from text/reference with the
+    headline instruction inference uses for `task: summarize, style: headline`."""
+    import pyarrow.parquet as pq
+
+    from llm_core.tasks import TaskSpec, user_message
+
+    table = pq.read_table(path)
+    rows = table.slice(0, limit).to_pylist()
+    if {"prompt", "response"} <= set(table.column_names):
+        return [{"prompt": r["prompt"], "response": r["response"]} for r in rows]
+    spec = TaskSpec(kind="summarize", style="headline")
+    return [{"prompt": user_message(spec, r["text"]), "response": r["reference"]} for r in rows]
+
+
+def sft_manifest(args, data: Path, work: Path, adapter: bool) -> dict:
+    model = ({"uri": BUILTIN} if args.model == "builtin" else
+             {"vocab": BUILTIN, **{k: v for k, v in SHAPES["tiny"].items() if k not in ("vocab", "vocab_size")}})
+    d = {
+        "version": 1, "kind": "training", "name": "bench-sft", "objective": "sft", "model": model,
+        "task": "finetune" if args.model == "builtin" else "pretrain",
+        "data": {"train": str(data), "seq_len": args.seq_len},
+        "optimizer": {"lr": 1e-4, "schedule": "constant"},
+        "training": {"micro_batch": args.micro_batch, "max_steps": args.steps},
+        "deepspeed": {"zero_stage": 0},
+        "checkpoint": {"uri": str(work / "ckpt")}, "output": {"uri": str(work / "model"), "mode": "overwrite"},
+    }
+    if adapter and args.model == "builtin":
+        d["adapter"] = {"rank": args.lora_rank, "alpha": 2.0 * args.lora_rank, "dropout": args.lora_dropout}
+    return d
+
+
+def run_sft_matrix(args) -> list[dict]:
+    """One row per (adapter, precision, packing), each on the same first samples of the data."""
+    import dataclasses
+    import itertools
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from jobs.manifest import parse_manifest
+    from llm_core.device import cpu_bf16_native
+    from llm_core.models.lora import add_lora
+    from llm_core.tokenizer import load_hf_tokenizer
+    from workers.model_resolver import resolve_model
+    from workers.training.config import LORA_TARGET_NAMES
+    from workers.training.encode import Encoder
+    from workers.training.metrics import model_flops_per_token
+    from workers.training.model import build_model, causal_lm_of
+    from workers.training.optim import build_optimizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = args.data if args.data != SAMPLE else next(p for p in SFT_DATA if p.is_file())
+    work = Path(tempfile.mkdtemp(prefix="llmbatch-bench-sft-"))
+    out = []
+    try:
+        sft_file = work / "sft.parquet"
+        pq.write_table(pa.Table.from_pylist(sft_rows(data, args.micro_batch * args.steps * 4)), sft_file)
+        model_dir = resolve_model(BUILTIN)
+        tok = load_hf_tokenizer(model_dir)
+        for adapter, precision, packing in itertools.product(args.adapters, args.precisions, args.packing):
+            config = parse_manifest(sft_manifest(args, sft_file, work, adapter == "lora")).training_config()
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, packing=packing == "on"))
+            module = build_model(config, tok, model_dir if args.model == "builtin" else None, None, seed=0)
+            lm = causal_lm_of(module)
+            if adapter == "lora" and config.adapter is None:  # tiny: a pretrain shape, no manifest adapter
+                add_lora(lm.model, args.lora_rank, 2.0 * args.lora_rank, args.lora_dropout, LORA_TARGET_NAMES)
+            module.to(args.device).train()
+            opt = build_optimizer(module, config.optimizer, offload=False)
+            encoder = Encoder(config, tok, None)
+            samples = [s for s in encoder.samples(iter(pq.read_table(sft_file).to_pylist()))]
+            batches = iter([encoder.collate(samples[i:i + args.micro_batch])
+                            for i in range(0, args.micro_batch * args.steps, args.micro_batch)])
+            autocast = torch.bfloat16 if precision == "bf16" else None
+            timed = _timed_steps(module, opt, batches, args.steps, args.warmup, args.device, config.objective,
+                                 autocast, config.deepspeed.gradient_clipping)
+            trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+            out.append({"adapter": adapter, "precision": "bf16-autocast" if autocast else "fp32",
+                        "packing": packing, "trainable_params": trainable,
+                        "flops_per_token": model_flops_per_token(module, lm.config, args.seq_len), **timed})
+            del module, opt
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for row in out:
+        row["cpu_bf16_native"] = cpu_bf16_native()
+    return out
+
+
+def print_sft(rows: list[dict], args) -> None:
+    from workers.training.metrics import mfu, peak_flops
+
+    peak = peak_flops(args.device)
+    print(f"SFT {args.model}, device {args.device}, seq {args.seq_len}, micro-batch {args.micro_batch} samples, "
+          f"{args.steps} steps ({args.warmup} warm-up), torch threads {_threads()}")
+    print(f"{'adapter':8s}{'precision':>15s}{'packing':>9s}{'tokens/s':>10s}{'s/step':>8s}{'CPU s/step':>11s}"
+          f"{'padding':>9s}{'loss':>8s}{'MFU':>8s}")
+    for r in rows:
+        m = mfu(r["tokens_per_s"], r["flops_per_token"], 1, peak)
+        m_text = f"{m:.1%}" if m is not None else "n/a"
+        print(f"{r['adapter']:8s}{r['precision']:>15s}{r['packing']:>9s}{r['tokens_per_s']:10.0f}"
+              f"{r['s_per_step']:8.2f}{r['cpu_s_per_step']:11.2f}{r['padding']:9.1%}{r['loss']:8.3f}{m_text:>8s}")
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--model", choices=list(SHAPES), default="tiny")
+    p.add_argument("--model", choices=[*SHAPES, "builtin"], default="tiny",
+                   help="builtin: SmolLM2-135M (--sft only)")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")
     p.add_argument("--log-every", type=int, default=5)
@@ -126,13 +279,31 @@ def main(argv=None) -> int:
     p.add_argument("--ray-address", default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder layers (both sides)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--sft", action="store_true", help="SFT rows: full/LoRA x fp32/bf16 autocast x packing")
+    p.add_argument("--adapters", nargs="+", choices=["full", "lora"], default=["full", "lora"])
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--packing", nargs="+", choices=["off", "on"], default=["off", "on"])
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=None, help="--sft: torch threads (default: torch's)")
     args = p.parse_args(argv)
     if args.peak_tflops:
         os.environ["LLMBATCH_PEAK_FLOPS"] = str(args.peak_tflops * 1e12)
+    if args.sft:
+        if args.model == "0.5b":
+            p.error("--sft takes --model builtin or tiny")
+        rows = run_sft_matrix(args)
+        if args.json:
+            print(json.dumps({"model": args.model, "device": args.device, "rows": rows}))
+        else:
+            print_sft(rows, args)
+        return 0
+    if args.model == "builtin":
+        p.error("--model builtin is for --sft")
 
     from jobs.manifest import parse_manifest
     from jobs.run.training import TOKENIZER_DIR
-    from workers.training.metrics import flops_per_token, mfu, peak_flops
+    from workers.training.metrics import mfu, peak_flops
 
     work = Path(tempfile.mkdtemp(prefix="llmbatch-bench-train-"))
     try:
@@ -141,10 +312,8 @@ def main(argv=None) -> int:
         torch_side = run_plain_torch(manifest, args, work / "ckpt" / TOKENIZER_DIR)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    shape = SHAPES[args.model]
-    embed = shape["vocab_size"] * shape["hidden_size"]
     n_params = ours["params"]
-    f_tok = flops_per_token(n_params - embed, shape["num_layers"], shape["hidden_size"], args.seq_len)
+    f_tok = torch_side["flops_per_token"]  # the same module on both sides
     peak = peak_flops(args.device)
     rows = {
         "plain torch (1 process)": (torch_side["tokens_per_s"], mfu(torch_side["tokens_per_s"], f_tok, 1, peak)),

@@ -70,8 +70,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> dict:
         os.environ[ray_session.SESSION_ENV] = str(session)  # inherited by every process Ray starts now
         try:
             with _quiet_auth_notice():
+                # Workers' stdlib loggers at ERROR: without the dashboard (not started, to save a
+                # core's worth of start-up) Ray Train's placement-group cleaner cannot reach the
+                # state API and warns about it every second of a training run. Our own lines are
+                # structlog's and pass; Ray's errors still show.
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(session),
-                         **kwargs)
+                         logging_config=ray.LoggingConfig(log_level="ERROR"), **kwargs)
         finally:
             os.environ.pop(ray_session.SESSION_ENV, None)  # not by what this process starts later
         _actors_log_to_file = quiet

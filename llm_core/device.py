@@ -11,6 +11,7 @@ stays "cuda:1" and gets a GPU's dtype like "cuda").
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -81,3 +82,33 @@ def _cpu_dtype(dtype: str) -> torch.dtype:
 def precision_name(device: str, precision: str = "auto") -> str:
     """`pick_dtype` under DeepSpeed's names ("bf16", "fp16", "fp32"), for the training config."""
     return precision if precision != "auto" else PRECISION_NAMES[pick_dtype(device)]
+
+
+@dataclass(frozen=True)
+class TrainingPrecision:
+    """How training computes: `deepspeed` is the weights' precision as DeepSpeed's bf16/fp16
+    sections take it; `autocast`, when set, the dtype the forward (loss included) runs its
+    matmuls in under torch.autocast, over those fp32 weights and an fp32 optimizer."""
+
+    deepspeed: str
+    autocast: torch.dtype | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{PRECISION_NAMES[self.autocast]}-autocast" if self.autocast is not None else self.deepspeed
+
+
+def training_precision(device: str, precision: str = "auto") -> TrainingPrecision:
+    """The training precision for `device` (already picked) and the manifest's `precision`.
+
+    GPU `auto`: DeepSpeed bf16 (fp16 without bf16). CPU `auto`: bf16 autocast where the CPU has
+    native bf16, fp32 elsewhere (emulated bf16 is slower than fp32). Unlike inference, training
+    needs no token-exact outputs, and autocast keeps fp32 master weights and optimizer state,
+    RMSNorm and the loss's softmax in fp32. An explicit choice is DeepSpeed's, as given.
+    """
+    if precision != "auto" or torch.device(device).type == "cuda":
+        return TrainingPrecision(precision_name(device, precision))
+    native = cpu_bf16_native()
+    chosen = TrainingPrecision("fp32", torch.bfloat16 if native else None)
+    log.info("device.training_precision", precision=chosen.name, cpu_bf16_native=native)
+    return chosen

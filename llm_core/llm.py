@@ -8,7 +8,10 @@ from pathlib import Path
 
 from llm_core.engine.select import load_engine
 from llm_core.engine.sampling import SamplingParams
-from llm_core.tasks import TaskKind, TaskSpec, build_messages, clean_output, screen_rows
+from llm_core.calibration import CONTENT_FREE_TEXTS, best_label, calibrated_scores, content_free_log_prior
+from llm_core.fewshot import MAX_POOL, Example, select_examples
+from llm_core.prompting import chat_ids, fit_prompt, shorten_example
+from llm_core.tasks import TaskKind, TaskSpec, clean_output, screen_rows
 from llm_core.tokenizer import ModelTokenizer
 
 # Why a row failed, so a retry can leave alone the rows that would fail the same way again.
@@ -68,58 +71,78 @@ class _Counts:
 class LLM:
     def __init__(self, model_dir: str | Path, engine: str = "auto", device: str = "auto",
                  dtype: str = "auto", batch_size: int = 16, max_batch_tokens: int | None = None,
-                 quantization: str = "none"):
+                 quantization: str = "none", adapter_dir: str | Path | None = None):
         self.model_dir = Path(model_dir)
         self.batch_size = max(batch_size, 1)
         self.max_batch_tokens = max_batch_tokens
         self.tokenizer = ModelTokenizer(self.model_dir)
         self.engine = load_engine(self.model_dir, engine, device, dtype, batch_size, max_batch_tokens,
-                                  self.tokenizer, quantization)
+                                  self.tokenizer, quantization, adapter_dir=adapter_dir)
+        self._short_examples: dict[tuple[Example, int], Example] = {}
 
-    def _prompt(self, spec: TaskSpec, text: str, language: str | None, max_input: int,
-                on_long: str) -> tuple[list[int] | None, str | None]:
-        """Token ids of one row's chat prompt, shortening the row's text when it is too long."""
-        ids = self.tokenizer.encode(self.tokenizer.apply_chat_template(build_messages(spec, text, language)))
-        if len(ids) <= max_input:
-            return ids, None
-        if on_long == "error":
-            return None, f"input too long: {len(ids)} prompt tokens > max_input_tokens {max_input}"
-        text_ids = self.tokenizer.encode(text)
-        keep = len(text_ids) - (len(ids) - max_input)
-        if keep <= 0:
-            return None, f"input too long: the prompt without text exceeds max_input_tokens {max_input}"
-        short = self.tokenizer.decode(text_ids[:keep])
-        ids = self.tokenizer.encode(self.tokenizer.apply_chat_template(build_messages(spec, short, language)))
-        return (ids, None) if len(ids) <= max_input else (ids[:max_input], None)
+    def _shortened(self, examples: tuple[Example, ...], max_tokens: int) -> tuple[Example, ...]:
+        """Examples cut to the task's token cap, each once per process (a pool serves many shards)."""
+        out = []
+        for example in examples:
+            key = (example, max_tokens)
+            if key not in self._short_examples:
+                if len(self._short_examples) >= 4 * MAX_POOL:  # another job's pool: start over
+                    self._short_examples.clear()
+                self._short_examples[key] = shorten_example(self.tokenizer, example, max_tokens)
+            out.append(self._short_examples[key])
+        return tuple(out)
 
     def run_task(self, spec: TaskSpec, texts: list, params: SamplingParams, *,
                  max_input_tokens: int | None = None, on_long_input: str = "truncate",
                  target_languages: list | None = None, on_batch: BatchCallback | None = None) -> list[RowResult]:
         """One RowResult per text, in order. Bad rows get an error and never stop the others.
 
+        With `spec.fewshot`, each row's examples are chosen here (llm_core.fewshot) and shown
+        before it; examples that do not fit the input limit are left out (llm_core.prompting).
         `on_batch(rows_done, error_rows, completion_tokens)`, counted from the start of this call,
         is called once for the rows refused up front, then after each engine batch."""
-        limit = self.engine.max_context - (0 if spec.kind == TaskKind.CLASSIFY else params.max_new_tokens)
+        continuations = self._label_continuations(spec) if spec.kind == TaskKind.CLASSIFY else []
+        # classify generates nothing, but each label's tokens must fit after the prompt
+        reserved = max(map(len, continuations)) if continuations else params.max_new_tokens
+        limit = self.engine.max_context - reserved
         max_input = min(max_input_tokens or limit, limit)
         errors, good = screen_rows(spec, texts, target_languages)
         results: list[RowResult | None] = [RowResult(None, errors[i], error_kind=PERMANENT) if i in errors
                                            else None for i in range(len(texts))]
+        languages = {i: target_languages[i] if target_languages is not None else None for i in good}
+        chosen = self._examples(spec, good, texts, languages)
         prompts: dict[int, list[int]] = {}
+        shots: dict[int, tuple[Example, ...]] = {}
         for i in good:
-            language = target_languages[i] if target_languages is not None else None
-            ids, error = self._prompt(spec, texts[i], language, max_input, on_long_input)
-            if error:
-                results[i] = RowResult(None, error, error_kind=PERMANENT)
+            prompt = fit_prompt(self.tokenizer, spec, texts[i], languages[i], chosen.get(i, ()), max_input,
+                                on_long_input)
+            if prompt.error:
+                results[i] = RowResult(None, prompt.error, error_kind=PERMANENT)
             else:
-                prompts[i] = ids
+                prompts[i], shots[i] = prompt.ids, prompt.examples
         counts = _Counts(on_batch)
         counts.add([r for r in results if r is not None])
         order = list(prompts)
         if spec.kind == TaskKind.CLASSIFY:
-            self._classify(spec, order, prompts, results, counts)
+            self._classify(spec, order, prompts, shots, continuations, max_input, results, counts)
         elif order:
             self._generate(spec, order, prompts, params, results, counts)
         return results  # type: ignore[return-value]
+
+    def _examples(self, spec: TaskSpec, good: list[int], texts: list,
+                  languages: dict[int, str | None]) -> dict[int, tuple[Example, ...]]:
+        """Each good row's few-shot examples (none without spec.fewshot), shortened to the cap."""
+        if spec.fewshot is None or not good:
+            return {}
+        picks = select_examples(spec.fewshot, [texts[i] for i in good], [languages[i] for i in good],
+                                spec.target_language)
+        cap = spec.fewshot.max_example_tokens
+        return {i: self._shortened(pick, cap) for i, pick in zip(good, picks)}
+
+    def _label_continuations(self, spec: TaskSpec) -> list[list[int]]:
+        """What classify scores after each prompt: a label's tokens, then end-of-turn."""
+        end = list(self.tokenizer.eos_token_ids[:1])
+        return [self.tokenizer.encode(label) + end for label in spec.labels]
 
     def _generate(self, spec: TaskSpec, order: list[int], prompts: dict, params: SamplingParams,
                   results: list, counts: _Counts) -> None:
@@ -138,32 +161,41 @@ class LLM:
                                    None if text else RETRIABLE)
         counts.add([results[i] for i in order])
 
-    def _classify(self, spec: TaskSpec, order: list[int], prompts: dict, results: list, counts: _Counts) -> None:
+    def _classify(self, spec: TaskSpec, order: list[int], prompts: dict, shots: dict, continuations: list,
+                  max_input: int, results: list, counts: _Counts) -> None:
         """Score each label's tokens (then end-of-turn) by log-likelihood: always one of the labels.
 
-        Scores are calibrated by the same labels' scores for a content-free text ("N/A"), so
-        a label the model favours regardless of input does not win every row. With a callback,
-        rows are scored a batch at a time and counted as they are; labels are set at the end.
+        With spec.calibrate, the scores are calibrated (llm_core.calibration) by a prior measured
+        on content-free texts in the same prompt: the row's own examples, so each distinct set of
+        examples gets its prior (scored with the first rows that use it). Without, the label of
+        the highest score wins. With a callback, rows are scored a batch at a time and counted as
+        they are; labels are set at the end.
         """
         if not order:
             return
-        end = list(self.tokenizer.eos_token_ids[:1])
-        continuations = [self.tokenizer.encode(label) + end for label in spec.labels]
-        null_prompt = self.tokenizer.encode(self.tokenizer.apply_chat_template(build_messages(spec, "N/A")))
         step = self.batch_size if counts.on_batch is not None else len(order)
-        chunks = [order[s:s + step] for s in range(0, len(order), step)]
-        scores: list = []
-        for n, chunk in enumerate(chunks):
-            last = n == len(chunks) - 1  # the null prompt goes with the last rows, as in one call
-            scores += self.engine.score([prompts[i] for i in chunk] + ([null_prompt] if last else []),
-                                        continuations)
+        raw: dict[int, list[float]] = {}
+        priors: dict[tuple[Example, ...], list[float]] = {}
+        for start in range(0, len(order), step):
+            chunk = order[start:start + step]
+            new_sets = [s for s in dict.fromkeys(shots[i] for i in chunk) if s not in priors] if spec.calibrate else []
+            free = [self._content_free_prompt(spec, s, text, max_input) for s in new_sets for text in CONTENT_FREE_TEXTS]
+            scores = self.engine.score([prompts[i] for i in chunk] + free, continuations)
+            raw.update(zip(chunk, scores))
+            per_set = len(CONTENT_FREE_TEXTS)
+            for n, examples in enumerate(new_sets):
+                priors[examples] = content_free_log_prior(scores[len(chunk) + n * per_set:][:per_set])
             if counts.on_batch is not None:
                 counts.add([RowResult("", None, "stop", len(prompts[i]), 0) for i in chunk])
-        *scores, prior = scores
-        for i, raw in zip(order, scores):
-            row = [s - p for s, p in zip(raw, prior)]
-            best = max(range(len(row)), key=row.__getitem__)
+        for i in order:
+            values = calibrated_scores(raw[i], priors[shots[i]]) if spec.calibrate else raw[i]
+            best = best_label(values)
             results[i] = RowResult(spec.labels[best], None, "stop", len(prompts[i]), len(continuations[best]))
         if counts.on_batch is not None:  # the labels' tokens are known only now
             counts.tokens += sum(results[i].completion_tokens for i in order)
             counts.on_batch(counts.rows, counts.errors, counts.tokens)
+
+    def _content_free_prompt(self, spec: TaskSpec, examples: tuple[Example, ...], text: str,
+                             max_input: int) -> list[int]:
+        # Its examples fitted with the row's text; "[MASK]" may outgrow a row of a token or two.
+        return chat_ids(self.tokenizer, spec, text, None, examples)[:max_input]

@@ -7,8 +7,12 @@ classify), and a cleaning step that turns raw model text into the column users r
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from llm_core.fewshot import Example, FewShotSpec
+from llm_core.languages import language_name
 
 
 class TaskKind(StrEnum):
@@ -23,14 +27,6 @@ class TaskKind(StrEnum):
 OUTPUT_COLUMN = {TaskKind.SUMMARIZE: "summary", TaskKind.TRANSLATE: "translation",
                  TaskKind.CLASSIFY: "label", TaskKind.GENERATE: "output"}
 
-LANGUAGE_NAMES = {
-    "en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
-    "pt": "Portuguese", "nl": "Dutch", "pl": "Polish", "ru": "Russian", "ja": "Japanese",
-    "zh": "Chinese", "ko": "Korean", "sv": "Swedish", "da": "Danish", "fi": "Finnish",
-    "cs": "Czech", "tr": "Turkish", "uk": "Ukrainian", "ca": "Catalan", "ro": "Romanian",
-}
-
-
 @dataclass(frozen=True)
 class TaskSpec:
     kind: TaskKind
@@ -42,6 +38,10 @@ class TaskSpec:
     instructions: str | None = None
     style: str = "one_sentence"
     extra: dict = field(default_factory=dict)
+    # Solved examples shown before each row as earlier chat turns (llm_core.fewshot).
+    fewshot: FewShotSpec | None = None
+    # classify: correct label scores for the prompt's prior (llm_core.calibration); False: raw argmax.
+    calibrate: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "kind", TaskKind(self.kind))  # refuses an unknown kind here
@@ -49,10 +49,6 @@ class TaskSpec:
     @property
     def output_column(self) -> str:
         return OUTPUT_COLUMN[self.kind]
-
-
-def language_name(code_or_name: str) -> str:
-    return LANGUAGE_NAMES.get(code_or_name.strip().lower(), code_or_name.strip())
 
 
 def row_error(spec: TaskSpec, text, language: str | None = None, per_row_language: bool = False) -> str | None:
@@ -127,10 +123,17 @@ def user_message(spec: TaskSpec, text: str, target_language: str | None = None) 
     raise ValueError(f"unknown task {spec.kind!r}")
 
 
-def build_messages(spec: TaskSpec, text: str, target_language: str | None = None) -> list[dict]:
+def build_messages(spec: TaskSpec, text: str, target_language: str | None = None,
+                   examples: Sequence[Example] = ()) -> list[dict]:
+    """The chat of one row: the system prompt, each example as a user turn (the task's message
+    for the example's text) answered by an assistant turn (its output), then the row's message."""
     messages = []
     if spec.system_prompt:
         messages.append({"role": "system", "content": spec.system_prompt})
+    for example in examples:
+        messages.append({"role": "user",
+                         "content": user_message(spec, example.text, example.target_language or target_language)})
+        messages.append({"role": "assistant", "content": example.output})
     messages.append({"role": "user", "content": user_message(spec, text, target_language)})
     return messages
 

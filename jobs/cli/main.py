@@ -7,7 +7,7 @@ import os
 import sys
 
 from cluster import logs
-from jobs.cli import audit, evaluate, local, remote, retry, schedules, serve, tokens
+from jobs.cli import audit, compare, evaluate, local, remote, retry, schedules, serve, tokens
 
 # Each adds its subcommands with register(subparsers) and sets args.func; in help order.
 COMMAND_GROUPS = (
@@ -19,6 +19,7 @@ COMMAND_GROUPS = (
     remote,  # submit, status, list, logs, cancel, wait
     schedules,  # schedules list | show | delete
     evaluate,  # eval, report
+    compare,  # compare
 )
 
 

@@ -15,6 +15,7 @@ from jobs.manifest.common import CrossChecked, JobName, OutputSpec, Problems, St
 from jobs.manifest.tasks import Task
 from llm_core.metrics import DEFAULT_METRICS, KNOWN_METRICS
 from llm_core.tasks import TaskKind
+from llm_core.weights.builtin import BUILTIN_PREFIX
 from workers.uri_field import MODEL, READS
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
@@ -111,8 +112,10 @@ class InferenceManifest(CrossChecked):
     task: Task
     model: Annotated[str, MODEL] = DEFAULT_MODEL
     # A LoRA adapter folder (PEFT layout, as `adapter.export: adapter` writes it) applied on `model`;
-    # its adapter_config.json names the base, which must be this model (checked by fingerprint).
-    adapter: Annotated[str | None, MODEL] = None
+    # its adapter_config.json names the base, which must be this model (checked by fingerprint at
+    # pre-flight). READS, not MODEL: an adapter folder has no config.json or weights of its own,
+    # so the model-folder check at submit would refuse it; pre-flight checks it as an adapter.
+    adapter: Annotated[str | None, READS] = None
     engine: Literal["auto", "native", "hf", "baseline"] = "auto"  # baseline: no language model
     input: InputSpec
     output: OutputSpec
@@ -135,7 +138,7 @@ class InferenceManifest(CrossChecked):
         return {"kind": value} if isinstance(value, str) else value
 
     def _cross_field_problems(self) -> Problems:
-        p: Problems = []
+        p: Problems = self._adapter_problems()
         kind = self.task.kind
         if self.params.quantization != "none" and self.engine in ("hf", "baseline"):
             p.append((("params", "quantization"), f"quantization: {self.params.quantization} needs the native "
@@ -150,4 +153,21 @@ class InferenceManifest(CrossChecked):
                 p.append((("task", "train_uri"), "only used with engine: baseline"))
         if self.evaluate and self.evaluate.metrics is None and not DEFAULT_METRICS.get(kind):
             p.append((("evaluate", "metrics"), f"task {kind} has no default metrics: name them"))
+        return p
+
+    def _adapter_problems(self) -> Problems:
+        if self.adapter is None:
+            return []
+        if not self.adapter.strip():
+            return [(("adapter",), "name an adapter folder (a local path or s3:// prefix), or leave adapter out")]
+        if self.adapter.startswith(BUILTIN_PREFIX):
+            return [(("adapter",), "an adapter is a folder (a local path or s3:// prefix) holding "
+                     "adapter_config.json, not a built-in model")]
+        p: Problems = []
+        if self.engine in ("hf", "baseline"):
+            p.append((("adapter",), f"adapter needs the native engine (engine: auto or native), not engine: "
+                      f"{self.engine}: the native engine merges the adapter into the model's weights as it loads them"))
+        if self.adapter.rstrip("/") == self.model.rstrip("/"):
+            p.append((("adapter",), "names the same folder as model: model is the base model, adapter the "
+                      "LoRA adapter folder trained on it"))
         return p

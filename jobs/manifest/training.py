@@ -68,8 +68,8 @@ class TrainingManifest(CrossChecked):
             p.append((("training", "max_steps"), "give exactly one of max_steps or epochs"))
         if data.eval is not None and data.eval_fraction:
             p.append((("data", "eval_fraction"), "give an eval uri or an eval_fraction, not both"))
-        if self.objective != Objective.CAUSAL_LM and data.packing:
-            p.append((("data", "packing"), "packing is only for objective: causal_lm"))
+        if self.objective == Objective.CLASSIFICATION and data.packing:
+            p.append((("data", "packing"), "packing is for objective: causal_lm or sft"))
         if data.labels and self.objective != Objective.CLASSIFICATION:
             p.append((("data", "labels"), "only for objective: classification"))
         if data.labels and len(set(data.labels)) != len(data.labels):
@@ -79,10 +79,26 @@ class TrainingManifest(CrossChecked):
             p.append((("deepspeed", "offload_params"), "parameter offload needs zero_stage 3"))
         if ds.offload_optimizer != "none" and ds.zero_stage == 0:
             p.append((("deepspeed", "offload_optimizer"), "optimizer offload needs zero_stage 1-3"))
+        p += self._placement_problems()
         if self.adapter is not None:
             p += self._adapter_problems()
         if ds.override:
             p += [(("deepspeed", "override", *loc), msg) for loc, msg in self._override_problems()]
+        return p
+
+    def _placement_problems(self) -> Problems:
+        """Placements and options that fail or waste the hardware: refused before any worker starts."""
+        p: Problems = []
+        gpus = self.resources.gpus_per_worker
+        if gpus not in (0, 1):
+            # A fraction puts two NCCL ranks on one GPU (NCCL refuses or deadlocks); more than one
+            # leaves the others idle: each rank drives one device.
+            p.append((("resources", "gpus_per_worker"),
+                      f"must be 0 or 1 for training (one rank per GPU), not {gpus:g}; "
+                      "use resources.workers for more GPUs"))
+        if self.training.compile and self.deepspeed.zero_stage == 3:
+            p.append((("training", "compile"), "not with deepspeed.zero_stage 3: its parameter hooks break "
+                                               "the compiled graph at every layer; use zero_stage 0-2"))
         return p
 
     def _adapter_problems(self) -> Problems:

@@ -99,8 +99,14 @@ def _inference_rows(result: JobResult) -> list[tuple[str, object]]:
 
 def _training_rows(result: JobResult) -> list[tuple[str, object]]:
     s = result.summary
+    resumed = s.get("resumed_from") or []  # the step of each resume, in order
     return [
-        ("steps", s.get("steps")), ("loss", f"{s.get('first_loss')} -> {s.get('last_loss')}"),
-        ("eval", s.get("eval")), ("resumed from step", s.get("resumed_from")),
+        ("steps", s.get("steps")), ("loss", f"{_figure(s.get('first_loss'))} -> {_figure(s.get('last_loss'))}"),
+        ("eval", ", ".join(f"{k} {_figure(v)}" for k, v in (s.get("eval") or {}).items()) or "-"),
+        ("resumed from step", ", ".join(str(step) for step in resumed) or "- (a fresh run)"),
         ("wall time", f"{s.get('wall_s', 0):.1f} s"), ("model folder", result.output_uri),
     ]
+
+
+def _figure(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

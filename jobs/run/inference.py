@@ -27,6 +27,7 @@ from jobs.run.results import JobProgress, JobResult
 from jobs.run.retry_plan import RetryRefused
 from jobs.run.row_progress import RowProgress
 from jobs.run.run_start import RunStart, plan_record, run_start
+from jobs.run.examples import examples_digest
 from jobs.run.work import build_work, sampling_params, task_spec
 from llm_core.tasks import TaskKind
 from workers.inference.pool import ActorPool, PoolConfig, PoolError, PoolOutcome
@@ -78,11 +79,12 @@ def refused(run: Run, plan: Plan) -> JobResult:
 def fingerprint_of(manifest: InferenceManifest, plan: Plan) -> dict:
     """What the output depends on: `resume` continues, and `retry_errors` redoes, only the same."""
     return run_fingerprint(
-        files=plan.files, model=plan.model, engine=manifest.engine, task=manifest.task.model_dump(mode="json"),
+        files=plan.files, model=plan.model, engine=manifest.engine, task={**manifest.task.model_dump(mode="json"),
+              **({"examples_digest": examples_digest(plan.examples)} if plan.examples is not None else {})},
         params=manifest.params.model_dump(mode="json"),
         columns={"id": manifest.input.id_column, "text": manifest.input.text_column,
                  "language": getattr(manifest.task, "target_language_column", None)},
-        id_type=plan.id_type)
+        id_type=plan.id_type, adapter=plan.adapter)
 
 
 def _run(manifest: InferenceManifest, run: Run, ray_address: str | None, cancel: threading.Event | None,
@@ -117,7 +119,7 @@ def _run_slot(manifest, run: Run, plan: Plan, fingerprint: dict, slot, lease, ra
 
     deadline = started + manifest.timeout_s if manifest.timeout_s else None
     work = build_work(manifest, run.job_id, output, run_id=slot.run_id, id_type=plan.id_type,
-                      retry_kinds=start.retry_kinds, base_parts=start.base_parts)
+                      retry_kinds=start.retry_kinds, base_parts=start.base_parts, fewshot=plan.examples)
     outcome = (_run_pool(manifest, run, plan, work, start.todo, rows, ray_address, cancel, deadline)
                if start.todo else PoolOutcome())
     if outcome.cancelled:
@@ -190,7 +192,8 @@ def _summary(manifest: InferenceManifest, run: Run, plan: Plan, run_id: str, who
         "max_error_rate": manifest.max_error_rate, "wall_s": round(wall, 3),
         "run_completion_tokens": progress.completion_tokens,
         "tokens_per_s": round(progress.completion_tokens / wall, 2) if wall > 0 else 0.0,
-        "model": manifest.model, "engine": manifest.engine, "actor_log": outcome.log_file,
+        "model": manifest.model, "adapter": manifest.adapter, "engine": manifest.engine,
+        "actor_log": outcome.log_file,
         "finished_at": time.time(),
     }
 
@@ -208,6 +211,7 @@ def _run_pool(manifest: InferenceManifest, run: Run, plan: Plan, work: ShardWork
                           max_batch_tokens=res.max_batch_tokens, threads=max(1, int(res.cpus_per_worker)),
                           dtype=manifest.params.dtype, quantization=manifest.params.quantization,
                           model_identity=plan.model if manifest.engine != "baseline" else None,
+                          adapter_ref=manifest.adapter, adapter_identity=plan.adapter,
                           **_baseline_kwargs(manifest, run.output)),
         max_attempts=manifest.max_shard_attempts, stop_on_failure=manifest.on_shard_failure == "fail",
         shard_timeout_s=manifest.shard_timeout_s,

@@ -28,14 +28,17 @@ from jobs.manifest.training import TrainingManifest
 from jobs.run.protocol import ProgressCallback, Run
 from jobs.run.results import JobResult
 from llm_core.tokenizer import load_hf_tokenizer
+from workers.model_identity import model_identity
 from workers.model_resolver import resolve_model
 from workers.output.location import OutputLocation
 from workers.output.modes import OutputExistsError, OutputMode
 from workers.training import checkpoint as ckpt
 from workers.training.bpe import train_bpe
 from workers.training.config import BPE, Objective, TrainingTask
-from workers.training.data import count_rows, count_samples, discover_labels
+from workers.training.data import discover_labels
 from workers.training.encode import Encoder
+from workers.training.resume_check import check_checkpoint_matches, training_fingerprint
+from workers.training.sample_index import ensure_sample_index
 from workers.training.loop import train_loop
 from workers.training.progress_sink import ProgressSink
 
@@ -107,56 +110,62 @@ def absolute_uris(manifest: TrainingManifest) -> TrainingManifest:
 
 
 def _prepare(manifest: TrainingManifest, job_id: str, log) -> dict:
-    """What every worker must agree on, decided once here: tokenizer, labels, total steps."""
+    """What every worker must agree on, decided once here: tokenizer, labels, total steps, and
+    the identity of a fine-tune's base model (an adapter folder names it)."""
     m = manifest
+    base_identity = None
     if m.task == TrainingTask.FINETUNE:
+        base_identity = model_identity(m.model.uri)  # in the job's scope (run_training's)
         tokenizer = {"kind": "ref", "value": m.model.uri}
     elif m.model.vocab != BPE:
         tokenizer = {"kind": "ref", "value": m.model.vocab}
     else:
         tokenizer = {"kind": "uri", "value": _stored_bpe(m, log)}
     labels = discover_labels(m.data) if m.objective == Objective.CLASSIFICATION else None
+    config = m.training_config()
+    scratch = Path(tempfile.mkdtemp(prefix="llmbatch-tok-"))
+    try:
+        tok = _driver_tokenizer(tokenizer, scratch)
+        # Before any worker starts: a checkpoint of another model, data or objective is refused.
+        fingerprint = training_fingerprint(config, tok, labels, base_identity)
+        check_checkpoint_matches(m.checkpoint.uri, fingerprint)
+        # Samples per unit: the one pass over the data (stored, reused while the data is unchanged).
+        index = ensure_sample_index(config, Encoder(config, tok, labels))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     tr = m.training
-    if tr.max_steps is not None:
-        total = tr.max_steps
-    else:
-        needs_tokens = m.objective == Objective.CAUSAL_LM and m.data.packing is not False
-        samples = (_packed_samples(m, tokenizer, labels) if needs_tokens
-                   else int(count_rows(m.data.train) * (1 - m.data.eval_fraction)))
-        total = _epoch_steps(m, samples, log)
-    log.info("train.prepared", total_steps=total, labels=labels, tokenizer=tokenizer["value"])
-    return {"training": m.training_config(), "manifest_hash": m.manifest_hash(), "job_id": job_id,
-            "tokenizer": tokenizer, "labels": labels, "total_steps": total}
+    total = tr.max_steps if tr.max_steps is not None else _epoch_steps(m, index.samples_per_epoch, log)
+    log.info("train.prepared", total_steps=total, labels=labels, tokenizer=tokenizer["value"],
+             samples_per_epoch=index.samples_per_epoch)
+    return {"training": config, "manifest_hash": m.manifest_hash(), "job_id": job_id,
+            "tokenizer": tokenizer, "labels": labels, "total_steps": total, "base_identity": base_identity,
+            "fingerprint": fingerprint, "sample_index": index.to_dict()}
 
 
 def _epoch_steps(manifest: TrainingManifest, samples_per_epoch: int, log) -> int:
-    """Optimizer steps that cover `epochs`. A run resuming a checkpoint written by another number
-    of workers takes another number of samples per step: its steps left are counted from the
+    """Optimizer steps that cover `epochs`. A resumed run may take another number of samples per
+    step (other workers, micro_batch or grad_accum): its steps left are counted from the global
     samples the checkpoint has trained on, so the job still covers `epochs`, no more, no less."""
     tr, workers = manifest.training, manifest.resources.workers
     per_step = tr.micro_batch * tr.grad_accum * workers
     wanted = math.ceil(tr.epochs * samples_per_epoch)
     last = ckpt.latest_complete(manifest.checkpoint.uri)
     meta = ckpt.read_meta(manifest.checkpoint.uri, last) if last is not None else {}
-    if not meta or meta.get("world_size") == workers or "samples" not in meta:
+    if "samples" not in meta:
         return max(1, math.ceil(wanted / per_step))
     left = max(0, wanted - meta["samples"])
     total = meta["step"] + math.ceil(left / per_step)
-    log.info("train.rescaled_schedule", from_world=meta["world_size"], to_world=workers,
-             samples_done=meta["samples"], samples_wanted=wanted, total_steps=total)
+    if meta["step"] * per_step != meta["samples"]:
+        log.info("train.rescaled_schedule", from_world=meta["world_size"], to_world=workers,
+                 samples_done=meta["samples"], samples_wanted=wanted, total_steps=total)
     return total
 
 
-def _packed_samples(manifest: TrainingManifest, tokenizer: dict, labels) -> int:
-    """Packed sequences in one epoch: counting them means tokenizing the training data once."""
-    scratch = Path(tempfile.mkdtemp(prefix="llmbatch-tok-"))
-    try:
-        ref = tokenizer["kind"] == "ref"
-        tok_dir = resolve_model(tokenizer["value"]) if ref else ckpt.download_folder(tokenizer["value"], scratch)
-        config = manifest.training_config()
-        return count_samples(config, Encoder(config, load_hf_tokenizer(tok_dir), labels))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+def _driver_tokenizer(tokenizer: dict, scratch: Path):
+    """The job's tokenizer, loaded here: a model ref resolved, or the stored BPE folder downloaded."""
+    ref = tokenizer["kind"] == "ref"
+    tok_dir = resolve_model(tokenizer["value"]) if ref else ckpt.download_folder(tokenizer["value"], scratch)
+    return load_hf_tokenizer(tok_dir)
 
 
 def _stored_bpe(manifest: TrainingManifest, log) -> str:

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 from jobs.manifest import InferenceManifest
+from jobs.run.examples import fewshot_spec
 from llm_core.engine.sampling import SamplingParams
+from llm_core.fewshot import FewShotSpec
 from llm_core.tasks import TaskSpec, default_sampling
 from workers.inference.shard_task import ShardWork
 from workers.output.location import OutputLocation
 
 
-def task_spec(m: InferenceManifest) -> TaskSpec:
+def task_spec(m: InferenceManifest, fewshot: FewShotSpec | None = None) -> TaskSpec:
+    """`fewshot`: the pre-flight's (plan.examples), needed when task.examples names a file;
+    inline examples are taken from the manifest when it is None."""
     t = m.task
+    if fewshot is None and getattr(t, "examples", None) is not None:
+        fewshot = fewshot_spec(m)  # inline items (a file's examples must come loaded: it refuses)
     return TaskSpec(
         kind=t.kind, target_language=getattr(t, "target_language", None),
         source_language=getattr(t, "source_language", "English"), labels=tuple(getattr(t, "labels", ()) or ()),
         prompt_template=getattr(t, "prompt_template", None), system_prompt=t.system_prompt,
         instructions=getattr(t, "instructions", None), style=getattr(t, "style", "one_sentence"),
+        fewshot=fewshot, calibrate=getattr(t, "calibrate", True),
     )
 
 
@@ -32,9 +39,11 @@ def sampling_params(m: InferenceManifest) -> SamplingParams:
 
 def build_work(m: InferenceManifest, job_id: str, output: OutputLocation | None = None, *, run_id: str = "",
                id_type: str | None = None, retry_kinds: tuple[str, ...] = (),
-               base_parts: dict[str, str] | None = None) -> ShardWork:
+               base_parts: dict[str, str] | None = None, fewshot: FewShotSpec | None = None) -> ShardWork:
+    """`fewshot`: the examples the pre-flight loaded (plan.examples), when task.examples names a file."""
     return ShardWork(
-        job_id=job_id, output=output or OutputLocation.at(m.output.uri), task=task_spec(m), sampling=sampling_params(m),
+        job_id=job_id, output=output or OutputLocation.at(m.output.uri), task=task_spec(m, fewshot),
+        sampling=sampling_params(m),
         id_column=m.input.id_column, text_column=m.input.text_column,
         language_column=getattr(m.task, "target_language_column", None),
         max_input_tokens=m.params.max_input_tokens, on_long_input=m.params.on_long_input,

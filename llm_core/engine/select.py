@@ -25,8 +25,10 @@ def native_support(model_dir: Path) -> tuple[bool, str]:
 
 def load_engine(model_dir: str | Path, choice: str = "auto", device: str = "auto", dtype: str = "auto",
                 batch_size: int = 16, max_batch_tokens: int | None = None,
-                tokenizer: ModelTokenizer | None = None, quantization: str = "none"):
-    """`quantization` (none, int8) is the native engine's: with it, no fallback to transformers."""
+                tokenizer: ModelTokenizer | None = None, quantization: str = "none",
+                adapter_dir: str | Path | None = None):
+    """`quantization` (none, int8) and `adapter_dir` (a LoRA adapter folder merged into the weights
+    as they load) are the native engine's: with either, no fallback to transformers."""
     model_dir = Path(model_dir)
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization {quantization!r} is not supported (one of: {', '.join(QUANTIZATIONS)})")
@@ -36,14 +38,19 @@ def load_engine(model_dir: str | Path, choice: str = "auto", device: str = "auto
         if ok:
             return NativeEngine(model_dir, device=device, dtype=dtype, max_batch_tokens=max_batch_tokens,
                                 max_num_seqs=max(batch_size, 1), tokenizer=tokenizer.tok,
-                                quantization=quantization)
+                                quantization=quantization, adapter_dir=adapter_dir)
         if choice == "native":
             raise ValueError(f"engine: native requested but {why}")
+        if adapter_dir is not None:
+            raise ValueError(f"an adapter needs the native engine (it merges the adapter as it loads), but {why}")
         if quantization != "none":
             raise ValueError(f"quantization: {quantization} needs the native engine, but {why}")
         log.warning("engine.fallback_to_hf", model_dir=str(model_dir), reason=why)
     elif choice != "hf":
         raise ValueError(f"unknown engine {choice!r} (auto, native or hf)")
+    elif adapter_dir is not None:
+        raise ValueError("an adapter needs the native engine (it merges the adapter as it loads); "
+                         "engine: hf runs the model as it is (use engine: native or auto)")
     elif quantization != "none":
         raise ValueError(f"quantization: {quantization} is the native engine's; engine: hf runs unquantized "
                          "(use engine: native or auto, or quantization: none)")

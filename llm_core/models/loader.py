@@ -17,6 +17,7 @@ from safetensors import safe_open
 from llm_core.device import pick_device, pick_dtype
 from llm_core.models.config import ModelConfig, read_config_dict
 from llm_core.models.llama import LlamaForCausalLM
+from llm_core.models.lora_files import apply_adapter_folder
 from llm_core.models.rope import inverse_frequencies
 
 
@@ -83,8 +84,13 @@ def to_native_names(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, 
 
 
 def load_model(
-    model_dir: str | Path, device: str = "auto", dtype: str | torch.dtype = "auto"
+    model_dir: str | Path, device: str = "auto", dtype: str | torch.dtype = "auto",
+    adapter_dir: str | Path | None = None,
 ) -> tuple[LlamaForCausalLM, ModelConfig]:
+    """The model of a canonical folder on `device` in `dtype`. `adapter_dir`: a LoRA adapter folder
+    (PEFT layout, llm_core.models.lora_files) merged into the weights before they are cast, so a
+    bf16 or fp16 model rounds base + adapter once, as a merged export would (and quantization,
+    which comes after loading, sees the merged weights)."""
     model_dir = Path(model_dir)
     device = pick_device(device)
     torch_dtype = pick_dtype(device, dtype)
@@ -92,13 +98,17 @@ def load_model(
     # Build on the meta device so no memory or time goes into a random init we overwrite.
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
-    model = model.to_empty(device=device).to(torch_dtype)
+    model = model.to_empty(device=device).to(torch.float32 if adapter_dir is not None else torch_dtype)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight  # to_empty does not keep the tie
     state = to_native_names(read_hf_state_dict(model_dir), cfg)
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(state[name])
+    del state
+    if adapter_dir is not None:
+        apply_adapter_folder(model, Path(adapter_dir))
+        model = model.to(torch_dtype)  # module.to keeps the tied lm_head tied
     # The rotary buffer was left uninitialised by to_empty; it stays fp32 for precise angles.
     model.rotary.inv_freq = inverse_frequencies(cfg.rope, cfg.head_dim).to(device)
     return model.eval(), cfg

@@ -40,13 +40,31 @@ def _llama3_scaled(inv_freq: torch.Tensor, rope: RopeConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(torch.nn.Module):
+    """`inv_freq` is fp32 whatever the model is cast to: bf16 frequencies would put angles of long
+    positions off by whole radians."""
+
     def __init__(self, rope: RopeConfig, head_dim: int):
         super().__init__()
+        self.rope, self.head_dim = rope, head_dim
         self.register_buffer("inv_freq", inverse_frequencies(rope, head_dim), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # Every module-wide cast goes through here: .to(dtype), .half(), .bfloat16(). Only the
+        # device may follow; the frequencies are recomputed in fp32, not cast back from rounded ones.
+        super()._apply(fn, recurse)
+        self._keep_fp32()
+        return self
+
+    def _keep_fp32(self) -> None:
+        if self.inv_freq.dtype != torch.float32 and self.inv_freq.device.type != "meta":
+            self.inv_freq = inverse_frequencies(self.rope, self.head_dim).to(self.inv_freq.device)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: [T] -> cos, sin: [T, head_dim]."""
-        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]
+        # Casts that assign `buffer.data` skip _apply (DeepSpeed does, when a config sets
+        # data_types.buffer_dtype): caught here, before the angles are computed.
+        self._keep_fp32()
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

@@ -75,8 +75,9 @@ def test_pretrain_shape_checks():
     assert "model.num_heads" in errors and "model.num_kv_heads" in errors
 
 
-def test_packing_only_for_causal_lm():
-    assert "data.packing" in paths(with_(objective="sft", data__packing=True))
+def test_packing_for_causal_lm_and_sft_not_classification():
+    assert "data.packing" in paths(with_(objective="classification", data__packing=True))
+    assert parse_manifest(with_(objective="sft", data__packing=True)).data.packing is True
     assert parse_manifest(with_(objective="sft", data__packing=False)).data.packing is False
 
 

@@ -33,10 +33,11 @@ SECTIONS = ("input", "output", "data", "checkpoint", "model", "evaluate")
 NOT_LOCATIONS = {
     "data.labels": "class names of a classification fine-tune",
     "evaluate.metrics": "metric names (llm_core.metrics.KNOWN_METRICS)",
+    "task.examples.items.output": "a few-shot example's answer (text shown to the model)",
 }
 # The fields the issue names, at least: each must be marked.
 MUST_BE_MARKED = {"input.uri", "output.uri", "model", "evaluate.references_uri", "task.train_uri", "model.uri",
-                  "model.vocab", "data.train", "data.eval", "checkpoint.uri", "deepspeed.override"}
+                  "model.vocab", "data.train", "data.eval", "checkpoint.uri", "deepspeed.override", "task.examples.uri"}
 
 
 def _is_section_type(tp: Any) -> bool:
@@ -136,7 +137,8 @@ def test_every_marked_field_is_walked_lists_included():
                                engine="baseline", model="s3://x/m", input={"uri": ["s3://x/i0", "s3://x/i1"]},
                                evaluate={"reference_column": "r", "references_uri": "s3://x/r"})
     tuned_inference = inference(model="s3://x/m", adapter="s3://x/a")
-    seen = {u.path for m in (full_training, pretrain, full_inference, tuned_inference)
+    fewshot_inference = inference(task={"kind": "summarize", "examples": {"uri": ["s3://x/e0", "s3://x/e1"]}})
+    seen = {u.path for m in (full_training, pretrain, full_inference, tuned_inference, fewshot_inference)
             for u in manifest_uris(parse_manifest(m))}
     # "data.train[1]" is field data.train; "deepspeed.override.tensorboard.output_path" is deepspeed.override
     fields = {re.sub(r"\[\d+\]$", "", p).split(".override.")[0].replace(".override", "") for p in seen}

@@ -1,4 +1,4 @@
-"""The training loop's parts without Ray: data split and resume skip, LR schedule, checkpoint
+"""The training loop's parts without Ray: data order and resume start, LR schedule, checkpoint
 bookkeeping, the DeepSpeed config, throughput arithmetic."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from jobs.manifest import parse_manifest
 from workers.training import checkpoint as ckpt
-from workers.training.data import list_units, rank_rows, train_batches
+from workers.training.data import global_rows, list_units, train_batches
 from workers.training.encode import IGNORE, Encoder, collate
 from workers.training.deepspeed import deepspeed_config
 from workers.training.metrics import flops_per_token, mfu
@@ -42,28 +42,21 @@ class CharTokenizer:
         return {"input_ids": [2 + (ord(c) % 200) for c in text]}
 
 
-def test_ranks_split_rows_disjointly_and_completely():
-    units = list_units(PRETRAIN)
-    assert len(units) == 8  # 2,000 rows in row groups of 250
-    for world in (2, 3, 16):  # 16 > row groups: rows are dealt instead
-        seen = [[r["id"] for r in rank_rows(units, ["id"], rank, world, seed=0, epoch=0)] for rank in range(world)]
-        flat = [i for part in seen for i in part]
-        assert len(flat) == len(set(flat)) == 2000
-        assert all(part for part in seen)
-
-
 def test_epoch_order_is_deterministic_and_changes_per_epoch():
     units = list_units(PRETRAIN)
-    a = [r["id"] for r in rank_rows(units, ["id"], 0, 2, seed=1, epoch=0)]
-    assert a == [r["id"] for r in rank_rows(units, ["id"], 0, 2, seed=1, epoch=0)]
-    assert a != [r["id"] for r in rank_rows(units, ["id"], 0, 2, seed=1, epoch=1)]
+    assert len(units) == 8  # 2,000 rows in row groups of 250
+    a = [r["id"] for r in global_rows(units, ["id"], seed=1, epoch=0)]
+    assert len(a) == len(set(a)) == 2000
+    assert a == [r["id"] for r in global_rows(units, ["id"], seed=1, epoch=0)]
+    assert a != [r["id"] for r in global_rows(units, ["id"], seed=1, epoch=1)]
 
 
-def test_resume_skip_sees_exactly_the_remaining_batches():
+def test_resume_start_sees_exactly_the_remaining_batches():
     m = manifest().training_config()
     enc = Encoder(m, CharTokenizer(), None)
-    full = list(itertools.islice(train_batches(m, enc, 1, 2, skip=0), 12))
-    resumed = list(itertools.islice(train_batches(m, enc, 1, 2, skip=7), 5))
+    full = list(itertools.islice(train_batches(m, enc, 1, 2), 12))
+    # 7 micro-batches of 4 on each of 2 ranks trained: the checkpoint records 56 global samples.
+    resumed = list(itertools.islice(train_batches(m, enc, 1, 2, start=7 * 4 * 2), 5))
     for a, b in zip(full[7:], resumed):
         assert torch.equal(a["input_ids"], b["input_ids"])
 
@@ -125,16 +118,14 @@ def test_mfu_arithmetic():
     assert mfu(1000.0, f, devices=2, peak=1e12) == pytest.approx(1000 * f / 2e12)
 
 
-def test_rescaled_resume_splits_the_samples_seen_over_the_new_ranks():
+def test_a_resume_starts_at_the_global_samples_trained():
     from workers.training import rescale
-    # 10 steps of grad_accum 2, micro_batch 8, on 2 ranks: 320 samples, 20 micro-batches a rank.
+    # 10 steps of grad_accum 2, micro_batch 8, on 2 ranks: 320 samples, on any world size.
     meta = {"step": 10, "world_size": 2, "samples": 320}
-    assert rescale.data_skip(meta, micro_batch=8, grad_accum=2, world=2) == 20
-    assert rescale.data_skip(meta, micro_batch=8, grad_accum=2, world=1) == 40  # both shares, one stream
-    assert rescale.data_skip(meta, micro_batch=8, grad_accum=2, world=3) == 13  # 320 / 24, rounded down
-    assert rescale.data_skip(meta, micro_batch=4, grad_accum=2, world=2) == 40  # micro_batch edited too
+    assert rescale.resume_sample(meta, micro_batch=8, grad_accum=2) == 320
+    assert rescale.resume_sample(meta, micro_batch=4, grad_accum=1) == 320  # batch sizes edited too
     # Checkpoints from before `samples` was recorded: every step took grad_accum micro-batches a rank.
-    assert rescale.data_skip({"step": 10, "world_size": 2}, micro_batch=8, grad_accum=2, world=1) == 40
+    assert rescale.resume_sample({"step": 10, "world_size": 2}, micro_batch=8, grad_accum=2) == 320
 
 
 def test_universal_load_only_for_zero_state_on_another_world_size():

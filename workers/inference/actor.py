@@ -24,6 +24,7 @@ from workers.inference.classifier_head import is_classifier, load_classifier
 from workers.inference.part_table import cast_ids, merge_retried, output_table, rows_to_retry
 from workers.inference.shard_task import ShardReport, ShardWork
 from workers.inference.shards import Shard, read_shard
+from workers.adapter_folder import is_classification_adapter, resolve_adapter
 from workers.model_resolver import resolve_model
 
 log = structlog.get_logger()
@@ -35,12 +36,13 @@ class ShardProcessor:
     """The work of one actor, usable without Ray (tests and benchmarks call it directly).
 
     `model_identity` is the identity pre-flight computed for the run's fingerprint: the model
-    folder this actor loads must still be it (resolve_model refuses a model changed since)."""
+    folder this actor loads must still be it (resolve_model refuses a model changed since); the
+    same for `adapter_ref` (a LoRA adapter folder merged into the model) and `adapter_identity`."""
 
     def __init__(self, model_ref: str, engine: str = "auto", device: str = "auto", dtype: str = "auto",
                  batch_size: int = 16, max_batch_tokens: int | None = None, threads: int | None = None,
                  baseline_model_uri: str | None = None, model_identity: dict | None = None,
-                 quantization: str = "none"):
+                 quantization: str = "none", adapter_ref: str | None = None, adapter_identity: dict | None = None):
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         started = time.perf_counter()
         if engine == "baseline":  # model-free baselines: no language model is loaded
@@ -52,15 +54,21 @@ class ShardProcessor:
         else:
             configure_threads(threads)  # torch's threads to the actor's CPUs; logs how idle threads wait
             model_dir = resolve_model(model_ref, expect=model_identity)
-            if is_classifier(model_dir):  # a fine-tuned classification head answers classify jobs directly
+            # An adapter is resolved like the model (scope, cache, the identity pre-flight computed)
+            # and merged into the weights as they load.
+            adapter_dir = resolve_adapter(adapter_ref, expect=adapter_identity) if adapter_ref else None
+            head_dir = adapter_dir if adapter_dir is not None and is_classification_adapter(adapter_dir) else None
+            if head_dir is not None or (adapter_dir is None and is_classifier(model_dir)):
+                # a fine-tuned classification head answers classify jobs directly
                 if quantization != "none":
                     raise ValueError(f"quantization: {quantization} is the native engine's; "
                                      "a classifier-head model runs unquantized")
-                self.llm = load_classifier(model_dir, device=device, dtype=dtype, batch_size=batch_size)
+                self.llm = load_classifier(model_dir, device=device, dtype=dtype, batch_size=batch_size,
+                                           adapter_dir=head_dir)
             else:
                 self.llm = LLM(model_dir, engine=engine, device=device, dtype=dtype, batch_size=batch_size,
-                               max_batch_tokens=max_batch_tokens, quantization=quantization)
-            log.info("actor.model_loaded", model=model_ref, engine=self.llm.engine.name,
+                               max_batch_tokens=max_batch_tokens, quantization=quantization, adapter_dir=adapter_dir)
+            log.info("actor.model_loaded", model=model_ref, adapter=adapter_ref, engine=self.llm.engine.name,
                      device=self.llm.engine.device, load_s=round(time.perf_counter() - started, 2))
         # Runners without per-batch progress (baseline, classifier head) report once per shard.
         self._batches = "on_batch" in inspect.signature(self.llm.run_task).parameters

@@ -1,4 +1,6 @@
-"""Run a fine-tuned classification model folder: texts -> labels through its trained head.
+"""Run a fine-tuned classification model folder, or a base model plus a classification adapter
+(LoRA matrices merged into the base, the head and labels beside them): texts -> labels through
+the trained head.
 
 What makes a folder a classifier, and the module, are llm_core.models.classifier's (shared with
 training). The text is tokenized exactly as in training (no chat template, no special tokens, cut
@@ -20,6 +22,7 @@ from llm_core.llm import RowResult
 from llm_core.models import TrainableCausalLM, load_model
 from llm_core.models.batches import right_pad
 from llm_core.models.classifier import CLASSIFIER_FILE, LABELS_FILE, SequenceClassifier, is_classifier
+from llm_core.models.lora_files import read_adapter_config
 from llm_core.tasks import TaskKind, screen_rows
 from llm_core.tokenizer import load_hf_tokenizer
 
@@ -38,26 +41,34 @@ class Classifier:
     """Duck-types llm_core.llm.LLM for the classify task: `run_task(spec, texts, params, ...)`."""
 
     def __init__(self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 16, max_tokens: int | None = None):
+                 batch_size: int = 16, max_tokens: int | None = None, adapter_dir: str | Path | None = None):
+        """`adapter_dir`: a classification adapter (LoRA matrices, the head and its labels) trained on
+        `model_dir`, the base: base + merged adapter + head. Without it, `model_dir` is a whole
+        classifier folder (its own head and labels)."""
         model_dir = Path(model_dir)
-        if not is_classifier(model_dir):
+        head_dir = Path(adapter_dir) if adapter_dir is not None else model_dir
+        if adapter_dir is None and not is_classifier(model_dir):
             raise ValueError(f"{model_dir} is not a classification model (no llmbatch_task in config.json)")
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
-        self.labels: list[str] = json.loads((model_dir / LABELS_FILE).read_text())
+        self.labels: list[str] = json.loads((head_dir / LABELS_FILE).read_text())
+        if not isinstance(self.labels, list) or not all(isinstance(x, str) for x in self.labels):
+            raise ValueError(f"{head_dir / LABELS_FILE}: expected a JSON list of label strings")
         self.tokenizer = load_hf_tokenizer(model_dir)
         # The module that was trained (llm_core.models.classifier): llm_core's decoder (Llama, Qwen2
         # and Mistral alike) and the head on the last real token's state. lm_head is never called.
-        model, _ = load_model(model_dir, self.device, self.dtype)
-        head = load_file(str(model_dir / CLASSIFIER_FILE))
+        model, _ = load_model(model_dir, self.device, self.dtype, adapter_dir=adapter_dir)
+        head = load_file(str(head_dir / CLASSIFIER_FILE))
         if head["weight"].shape[0] != len(self.labels):
-            raise ValueError(f"{model_dir}: head has {head['weight'].shape[0]} outputs, labels.json {len(self.labels)}")
+            raise ValueError(f"{head_dir}: head has {head['weight'].shape[0]} outputs, labels.json {len(self.labels)}")
         self.module = SequenceClassifier(TrainableCausalLM(model), len(self.labels)).to(self.device).eval()
         self.module.head.load_state_dict(head)
         config = json.loads((model_dir / "config.json").read_text())
         self.batch_size = batch_size
         self.engine = HeadEngine("classifier-head", self.device)
-        self.max_tokens = max_tokens or config.get("llmbatch_max_tokens") or config.get("max_position_embeddings", 512)
+        trained_max = (_adapter_max_tokens(head_dir) if adapter_dir is not None
+                       else config.get("llmbatch_max_tokens"))
+        self.max_tokens = max_tokens or trained_max or config.get("max_position_embeddings", 512)
 
     @torch.no_grad()
     def predict_proba(self, texts: list[str]) -> list[list[float]]:
@@ -97,6 +108,13 @@ class Classifier:
                 n = min(len(self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]), self.max_tokens)
                 results[i] = RowResult(label, None, "stop", n, 0)
         return results
+
+
+def _adapter_max_tokens(adapter_dir: Path) -> int | None:
+    """The sequence length a classification adapter was trained with (its llmbatch block's max_tokens)."""
+    block = read_adapter_config(adapter_dir).get("llmbatch") or {}
+    value = block.get("max_tokens")
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def load_classifier(model_dir: str | Path, **kwargs) -> Classifier:

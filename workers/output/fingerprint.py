@@ -2,10 +2,12 @@
 very same run and `retry_errors` only redoes rows of it.
 
 `{"input": [{"uri", "size", "version"}...], "model": <model identity>, "engine", "task", "params",
-"columns": {id, text, language}, "id_type"}`. An input file's version is its S3 ETag, or its
-local mtime in nanoseconds: a file rewritten in place changes it even at the same size. The
-model identity (workers.model_identity) hashes the config and weight files, so a model
-re-published behind the same URI changes it too.
+"columns": {id, text, language}, "id_type"}`, and `"adapter": <adapter identity>` when the job
+applies a LoRA adapter (workers.adapter_folder: its files' hashes, as a model's), so a resume
+with a changed adapter is refused naming the file that changed. An input file's version is its
+S3 ETag, or its local mtime in nanoseconds: a file rewritten in place changes it even at the
+same size. The model identity (workers.model_identity) hashes the config and weight files, so a
+model re-published behind the same URI changes it too.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ _SHORT = 24  # long values (hashes) are cut in diff lines
 
 
 def run_fingerprint(*, files: list[FileRef], model: dict, engine: str, task: dict, params: dict,
-                    columns: dict, id_type: str) -> dict:
-    """The fingerprint as plain JSON data (what `_manifest.json` and the markers hold)."""
+                    columns: dict, id_type: str, adapter: dict | None = None) -> dict:
+    """The fingerprint as plain JSON data (what `_manifest.json` and the markers hold). Without
+    an adapter the key is absent, so the runs of jobs without one keep their fingerprints."""
     fp = {
         "input": [{"uri": f.uri, "size": f.size, "version": f.version} for f in sorted(files, key=lambda f: f.uri)],
         "model": model, "engine": engine, "task": task, "params": params, "columns": columns, "id_type": id_type,
     }
+    if adapter is not None:
+        fp["adapter"] = adapter
     return json.loads(stable_json(fp))  # tuples -> lists etc.: equal after a JSON round trip
 
 
@@ -89,11 +94,20 @@ def _input_diff(old: list[dict], new: list[dict]) -> list[str]:
     return lines
 
 
-def _model_diff(old, new) -> list[str]:
-    """A model identity's changes, its files named one by one (workers.model_identity's lines)."""
+def _model_diff(old, new, label: str = "model") -> list[str]:
+    """A model's (or an adapter's) identity changes, its files named one by one
+    (workers.model_identity's lines); an adapter added or removed is said so."""
+    if old is None or new is None:
+        return [f"{label}: {'added' if old is None else 'removed'} ({_where(new if old is None else old)})"]
     if not (isinstance(old, dict) and isinstance(new, dict)) or old.get("kind") != new.get("kind"):
-        return _diff("model", old, new)
-    return [f"model: {line}" for line in identity_changes(old, new)]
+        return _diff(label, old, new)
+    return [f"{label}: {line}" for line in identity_changes(old, new)]
+
+
+def _where(identity) -> str:
+    if isinstance(identity, dict):
+        return str(identity.get("uri") or identity.get("path") or identity.get("name") or _short(identity))
+    return _short(identity)
 
 
 def fingerprint_diff(old: dict | None, new: dict | None) -> list[str]:
@@ -109,8 +123,8 @@ def fingerprint_diff(old: dict | None, new: dict | None) -> list[str]:
     for part in sorted((set(old) | set(new)) - {"input"}):
         if old.get(part) == new.get(part):
             continue
-        if part == "model":
-            lines.extend(_model_diff(old.get(part), new.get(part)) or ["model: changed"])
+        if part in ("model", "adapter"):
+            lines.extend(_model_diff(old.get(part), new.get(part), part) or [f"{part}: changed"])
         elif isinstance(old.get(part), dict) and isinstance(new.get(part), dict):
             lines.extend(_diff(part, old[part], new[part]))
         else:

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from workers.training.config import TrainingConfig
-from workers.training.data import list_units, rank_rows
+from workers.training.units import global_rows, list_units
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -21,7 +21,7 @@ PAD = "<|pad|>"
 
 def _texts(config: TrainingConfig, limit_rows: int) -> Iterator[str]:
     column = config.data.text_column
-    rows = rank_rows(list_units(config.data.train), [column], 0, 1, config.training.seed, 0)
+    rows = global_rows(list_units(config.data.train), [column], config.training.seed, 0)
     for i, row in enumerate(rows):
         if i >= limit_rows:
             return

@@ -76,7 +76,9 @@ class DataSpec:
         list[str] | None, Field(min_length=2, description="classification: default = sorted labels seen")] = None
     seq_len: Annotated[int, Field(ge=8, le=131072)] = 512
     packing: Annotated[
-        bool | None, Field(description="causal_lm: concatenate documents into full sequences (default)")] = None
+        bool | None, Field(description="causal_lm: concatenate documents into full sequences (default on); "
+                                   "sft: share rows among a micro-batch's samples, each attending only to "
+                                   "itself (default off)")] = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ class DeepSpeedSpec:
     offload_optimizer: Literal["none", "cpu"] = "none"
     offload_params: Literal["none", "cpu"] = "none"
     precision: Annotated[Literal["auto", "bf16", "fp16", "fp32"],
-                         Field(description="auto: bf16 on GPU, fp32 on CPU")] = "auto"
+                         Field(description="auto: bf16 on GPU; on CPU bf16 autocast over fp32 weights where the CPU "
+                                           "has native bf16, else fp32")] = "auto"
     gradient_clipping: Annotated[float, Field(ge=0)] = 1.0
     # DeepSpeed's own config, merged last and passed on as is: a plain dict on purpose.
     override: Annotated[dict[str, Any], PATHS_IN_KEYS, Field(description="raw DeepSpeed config, merged last")] = field(
@@ -137,8 +140,8 @@ class AdapterSpec:
     __pydantic_config__ = _STRICT
     kind: Literal["lora"] = "lora"
     rank: Annotated[int, Field(ge=1, le=1024)] = 16
-    alpha: Annotated[float, Field(gt=0)] = 32.0
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    alpha: Annotated[float, Field(gt=0, le=65536)] = 32.0
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0  # PEFT's default; dropout costs ~20% of a CPU step
     target_modules: Annotated[list[str], Field(min_length=1)] = field(
         default_factory=lambda: list(LORA_TARGET_NAMES))
     export: Literal["merged", "adapter"] = "merged"

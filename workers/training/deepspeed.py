@@ -3,6 +3,15 @@
 The manifest's typed fields build the config; `deepspeed.override` is deep-merged last, so a
 user can reach any DeepSpeed option we do not model. The same function serves the manifest
 check (on the submitting machine) and the workers, so both see one config.
+
+Precision: `precision` names DeepSpeed's own (its bf16/fp16 sections, or fp32). CPU bf16
+autocast (llm_core.device.training_precision) leaves DeepSpeed at fp32 and runs the forward under
+torch.autocast in workers.training.eval.forward_loss, not through DeepSpeed's `torch_autocast`
+section. That section works on CPU with ZeRO 0-3 (DeepSpeed 0.19.8), but it marks every
+nn.Linear weight to have its gradient reduced in bf16 (`comm_dtype`): ZeRO 1-3 would then sum
+gradients in bf16 and train differently from ZeRO 0 (measured: a different loss by the third
+step of the same run), and its per-dtype gradient buckets are a ZeRO state layout that our
+checkpoints and universal rescale were never tested with.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Evaluation across ranks: loss and perplexity; accuracy and macro-F1 for classification.
+"""Evaluation across ranks: loss and perplexity; accuracy and macro-F1 for classification; and
+the forward pass of a micro-batch that training and evaluation share.
 
 Under ZeRO-3 every forward pass gathers parameters with a collective, so all ranks must run the
 same number of eval batches: a rank with fewer runs padding batches whose results are dropped.
@@ -25,18 +26,28 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def forward_loss(engine, batch: dict, objective: Objective):
-    """(mean loss, logits or None) of one micro-batch."""
-    if objective == Objective.CLASSIFICATION:
-        logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return F.cross_entropy(logits.float(), batch["label"]), logits
-    # TrainableCausalLM returns the mean loss over the shifted targets, as transformers' `.loss`.
-    loss = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-    return loss, None
+# Batch keys the causal LM's forward takes besides input_ids/attention_mask/labels (encode.collate).
+_PACKING_KEYS = ("doc_ids", "target_index")
+
+
+def forward_loss(engine, batch: dict, objective: Objective, autocast: torch.dtype | None = None):
+    """(mean loss, logits or None) of one micro-batch. `autocast`: the dtype the forward's
+    matmuls run in over fp32 weights (llm_core.device.training_precision), None for none; the
+    loss's softmax and RMSNorm upcast to fp32 themselves."""
+    with torch.autocast(batch["input_ids"].device.type, dtype=autocast, enabled=autocast is not None):
+        if objective == Objective.CLASSIFICATION:
+            logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            return F.cross_entropy(logits.float(), batch["label"]), logits
+        # TrainableCausalLM returns the mean loss over the shifted targets, as transformers' `.loss`.
+        extra = {k: batch[k] for k in _PACKING_KEYS if k in batch}
+        loss = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      labels=batch["labels"], **extra)
+        return loss, None
 
 
 @torch.no_grad()
-def evaluate(engine, batches: list[dict], objective: Objective, labels: list[str] | None, pad_id: int) -> dict:
+def evaluate(engine, batches: list[dict], objective: Objective, labels: list[str] | None, pad_id: int,
+             autocast: torch.dtype | None = None) -> dict:
     device = engine.device
     count = torch.tensor([len(batches)], device=device)
     dist.all_reduce(count, op=dist.ReduceOp.MAX)
@@ -49,7 +60,7 @@ def evaluate(engine, batches: list[dict], objective: Objective, labels: list[str
     for i in range(int(count.item())):
         real = i < len(batches)
         batch = to_device(batches[i] if real else _dummy_batch(objective, pad_id), device)
-        loss, logits = forward_loss(engine, batch, objective)
+        loss, logits = forward_loss(engine, batch, objective, autocast)
         if not real:
             continue
         if objective == Objective.CLASSIFICATION:

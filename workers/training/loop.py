@@ -5,7 +5,9 @@ deepspeed.initialize, resume from the newest complete checkpoint under checkpoin
 written by this or another number of workers: workers.training.rescale), then loop over
 micro-batches of its data share; every `log_every` optimizer steps rank 0 reports loss, tokens/s
 and MFU; every `eval_every` steps all ranks evaluate; every `every_steps` steps all ranks
-checkpoint. At the end rank 0 writes the canonical model folder to output.uri.
+checkpoint. At the end rank 0 writes the canonical model folder to output.uri. The data is one
+global sample order dealt by micro-batch (workers.training.data): a checkpoint records the global
+samples trained on, and a resume on any number of workers starts at the next one.
 """
 
 from __future__ import annotations
@@ -24,17 +26,18 @@ import torch
 import torch.distributed as dist
 
 from cluster import logs, storage
-from llm_core.device import pick_device, precision_name
+from llm_core.device import pick_device, training_precision
 from llm_core.tokenizer import load_hf_tokenizer
 from workers.model_resolver import resolve_model
 from workers.training import checkpoint as ckpt
 from workers.training import rescale
 from workers.training.config import TrainingConfig, TrainingTask
 from workers.training.data import eval_batches, train_batches
+from workers.training.sample_index import SampleIndex
 from workers.training.encode import Encoder
 from workers.training.deepspeed import deepspeed_config
 from workers.training.eval import evaluate, forward_loss, to_device
-from workers.training.metrics import flops_per_token, mfu, peak_flops
+from workers.training.metrics import mfu, model_flops_per_token, peak_flops
 from workers.training.model import build_model, causal_lm_of, count_params, export_model
 from workers.training.optim import build_optimizer, build_scheduler
 
@@ -66,7 +69,8 @@ class _Progress:
 def train_loop(config: dict) -> None:
     """`config`: Ray Train's train_loop_config, built by the runner (jobs.run.training): `training`
     (the TrainingConfig of a validated manifest), job_id, manifest_hash, tokenizer, labels,
-    total_steps, sink, s3_settings (the driver's cluster.storage.S3Settings)."""
+    total_steps, sink, s3_settings (the driver's cluster.storage.S3Settings), sample_index (the
+    driver's workers.training.sample_index, as a dict), fingerprint (what is trained, for meta)."""
     logs.ensure_configured()
     storage.use_s3_settings(config.get("s3_settings"))  # the driver's, before anything reads storage
     storage.use_scope(config.get("scope"))  # the job's: data, checkpoints and export checked at open
@@ -77,7 +81,8 @@ def train_loop(config: dict) -> None:
     log = structlog.get_logger().bind(job_id=config["job_id"], rank=rank, world=world)
     progress = _Progress(config.get("sink"), rank)
     device = pick_device()
-    precision = precision_name(device, cfg.deepspeed.precision)
+    train_precision = training_precision(device, cfg.deepspeed.precision)
+    precision = train_precision.deepspeed  # DeepSpeed's: fp32 under CPU bf16 autocast
     total_steps, labels = config["total_steps"], config.get("labels")
     tr, ck = cfg.training, cfg.checkpoint
 
@@ -97,25 +102,31 @@ def train_loop(config: dict) -> None:
         model=module, optimizer=optimizer, lr_scheduler=scheduler,
         config=rescale.universal_config(ds_config) if universal else ds_config,
     )
-    n_params, n_dense = count_params(module)
+    n_params, _ = count_params(module)
     lm_cfg = causal_lm_of(module).config
-    flops_tok = flops_per_token(n_dense, lm_cfg.num_hidden_layers, lm_cfg.hidden_size, cfg.data.seq_len)
+    flops_tok = model_flops_per_token(module, lm_cfg, cfg.data.seq_len)
     peak = peak_flops(device)
-    log.info("train.start", params=n_params, precision=precision, zero_stage=cfg.deepspeed.zero_stage,
+    log.info("train.start", params=n_params, precision=train_precision.name, zero_stage=cfg.deepspeed.zero_stage,
              total_steps=total_steps, device=device)
 
-    step = consumed = 0  # consumed: micro-batches this rank's data stream has given, skipped ones included
+    step = start = consumed = 0  # start: the global sample this run begins at; consumed: micro-batches taken here
     if resume_from is not None:
         ckpt.load(engine, ck.uri, resume_from, rank, universal=universal)
         step = resume_from
-        consumed = rescale.data_skip(meta, tr.micro_batch, tr.grad_accum, world)
+        start = rescale.resume_sample(meta, tr.micro_batch, tr.grad_accum)
         log.info("train.resumed", from_step=step, checkpoint=storage.join(ck.uri, ckpt.tag(step)),
-                 from_world=written_by, to_world=world, data_skip=consumed)
+                 from_world=written_by, to_world=world, from_sample=start)
         progress(event="resumed", step=step, from_world=written_by, to_world=world)
 
     encoder = Encoder(cfg, tokenizer, labels)
     evals = eval_batches(cfg, encoder, rank, world) if step < total_steps else []
-    batches = train_batches(cfg, encoder, rank, world, skip=consumed)
+    # The driver's index (one counting pass for the job); without it each rank builds its own.
+    index = SampleIndex.from_dict(config["sample_index"]) if config.get("sample_index") else None
+
+    def trained() -> int:  # global samples trained on: every rank took `consumed` micro-batches
+        return start + consumed * tr.micro_batch * world
+
+    batches = train_batches(cfg, encoder, rank, world, start=start, index=index)
     # loss sum, micro-batches, tokens, cancel flag: one all-reduce per log step carries them all
     window = torch.zeros(4, dtype=torch.float64, device=engine.device)
     t_window, last_eval, last_saved = time.perf_counter(), {}, resume_from
@@ -123,14 +134,18 @@ def train_loop(config: dict) -> None:
     while step < total_steps:
         batch = to_device(next(batches), engine.device)
         consumed += 1
-        loss, _ = forward_loss(engine, batch, cfg.objective)
+        loss, _ = forward_loss(engine, batch, cfg.objective, train_precision.autocast)
+        # Asked before step(): step() advances the micro-step count the answer is computed from,
+        # so asked after it, it names the next micro-batch (with grad_accum > 1 a step would be
+        # counted, checkpointed and ended one micro-batch before the optimizer takes it).
+        boundary = engine.is_gradient_accumulation_boundary()
         engine.backward(loss)
         engine.step()
         # Accumulated on the device: no host sync per micro-batch (it would stall a GPU pipeline).
         window[0] += loss.detach().double()
         window[1] += 1
         window[2] += batch["attention_mask"].sum()
-        if not engine.is_gradient_accumulation_boundary():
+        if not boundary:
             continue
         step += 1
         if step % tr.log_every == 0 or step == total_steps:
@@ -149,41 +164,42 @@ def train_loop(config: dict) -> None:
             window.zero_()
             t_window = time.perf_counter()
             if cancelled and step < total_steps:  # keep the work done: a rerun resumes here
-                ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, consumed), rank, ck.keep, log)
+                ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, trained()), rank, ck.keep, log)
                 log.info("train.cancelled", step=step)
                 progress(event="cancelled", step=step)
                 return
         if tr.eval_every and step % tr.eval_every == 0 and step < total_steps:
-            last_eval = evaluate(engine, evals, cfg.objective, labels, tokenizer.pad_token_id)
+            last_eval = evaluate(engine, evals, cfg.objective, labels, tokenizer.pad_token_id,
+                                 train_precision.autocast)
             if last_eval and rank == 0:
                 log.info("train.eval", step=step, **last_eval)
             if last_eval:
                 progress(event="eval", step=step, **last_eval)
         if step % ck.every_steps == 0 and step < total_steps:
-            ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, consumed), rank, ck.keep, log)
+            ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, trained()), rank, ck.keep, log)
             last_saved = step
         _maybe_crash(config, step, rank, world, resume_from, log)
 
     if last_saved != step:  # the end state too, so a rerun after a failed export skips training
-        ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, consumed), rank, ck.keep, log)
-    last_eval = evaluate(engine, evals, cfg.objective, labels, tokenizer.pad_token_id) or last_eval
+        ckpt.save(engine, ck.uri, step, _meta(config, step, total_steps, trained()), rank, ck.keep, log)
+    last_eval = evaluate(engine, evals, cfg.objective, labels, tokenizer.pad_token_id,
+                         train_precision.autocast) or last_eval
     if last_eval:
         progress(event="eval", step=step, **last_eval)
         if rank == 0:
             log.info("train.eval", step=step, **last_eval)
-    _export(engine, module, tok_dir, labels, cfg, rank, log)
+    _export(engine, module, tok_dir, labels, cfg, rank, log, config.get("base_identity"))
     if config["tokenizer"]["kind"] == "uri":  # our download, not a shared model cache folder
         shutil.rmtree(tok_dir, ignore_errors=True)
     progress(event="done", step=step, final_eval=last_eval, params=n_params, resumed_from=resume_from)
 
 
-def _meta(config: dict, step: int, total_steps: int, consumed: int) -> dict:
-    """`samples`: trained on by all ranks so far (each took `consumed` micro-batches); a resume on
-    another world size splits it anew."""
-    world = dist.get_world_size()
-    samples = consumed * config["training"].training.micro_batch * world
-    return {"step": step, "total_steps": total_steps, "world_size": world, "samples": samples,
-            "manifest_hash": config["manifest_hash"], "job_id": config["job_id"], "time": time.time()}
+def _meta(config: dict, step: int, total_steps: int, samples: int) -> dict:
+    """`samples`: the global samples trained on so far (all ranks, all runs): where a resume on any
+    world size starts. `fingerprint`: what is trained; the driver refuses to resume another."""
+    return {"step": step, "total_steps": total_steps, "world_size": dist.get_world_size(), "samples": samples,
+            "fingerprint": config.get("fingerprint"), "manifest_hash": config["manifest_hash"],
+            "job_id": config["job_id"], "time": time.time()}
 
 
 def _maybe_crash(config: dict, step: int, rank: int, world: int, resume_from, log) -> None:
@@ -194,7 +210,8 @@ def _maybe_crash(config: dict, step: int, rank: int, world: int, resume_from, lo
         os._exit(1)
 
 
-def _export(engine, module, tok_dir: Path, labels, cfg: TrainingConfig, rank: int, log) -> None:
+def _export(engine, module, tok_dir: Path, labels, cfg: TrainingConfig, rank: int, log,
+            base_identity: dict | None = None) -> None:
     """Gather the full weights (ZeRO-3 shards them) and write the model folder from rank 0."""
     params = list(module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
@@ -202,7 +219,8 @@ def _export(engine, module, tok_dir: Path, labels, cfg: TrainingConfig, rank: in
     if rank == 0:
         local = Path(tempfile.mkdtemp(prefix="llmbatch-export-"))
         try:
-            export_model(state, module, tok_dir, labels, local, cfg.data.seq_len)
+            export_model(state, module, tok_dir, labels, local, cfg.data.seq_len, adapter=cfg.adapter,
+                         base_ref=cfg.model.uri, base_identity=base_identity)
             ckpt.upload_folder(local, cfg.output_uri)
         finally:
             shutil.rmtree(local, ignore_errors=True)

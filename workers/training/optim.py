@@ -13,13 +13,19 @@ from workers.training.config import OptimizerSpec
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms and embeddings (1-D or embedding weights), as usual."""
+    """The parameters that train (frozen ones, e.g. a LoRA base, are left out), in two groups:
+    no weight decay on biases, norms and embeddings (1-D or embedding weights), as usual. An
+    empty group is dropped (LoRA matrices are all 2-D): ZeRO flattens each group into a buffer."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError("the model has no parameter to train (every one is frozen)")
+    return groups
 
 
 def build_optimizer(module: torch.nn.Module, spec: OptimizerSpec, offload: bool):

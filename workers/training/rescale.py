@@ -66,13 +66,11 @@ def repair_optimizer_state(optimizer, folder: Path) -> None:
             state["step"] = state["step"].clone()
 
 
-def data_skip(meta: dict, micro_batch: int, grad_accum: int, world: int) -> int:
-    """Micro-batches each of `world` ranks skips to go on where the checkpoint's run stopped.
+def resume_sample(meta: dict, micro_batch: int, grad_accum: int) -> int:
+    """The global sample a resumed run starts at: the count the checkpoint's run trained on.
 
-    Ranks deal rows by (rank, world size), so after a world change no new stream lines up with
-    an old one; what carries over is the global count of samples trained on, split over the new
-    ranks (rounded down). The job goes on from the same point of the epoch; which of its rows
-    are left differs. `samples` is missing from checkpoints written before rescaling existed.
+    The sample order does not depend on the worker count (workers.training.data), so this holds
+    for any world size, micro_batch or grad_accum. Checkpoints written before `samples` was
+    recorded trained on step * grad_accum micro-batches on each of their ranks.
     """
-    seen = meta.get("samples", meta["step"] * grad_accum * micro_batch * meta["world_size"])
-    return seen // (micro_batch * world)
+    return int(meta.get("samples", meta["step"] * grad_accum * micro_batch * meta["world_size"]))

@@ -1,7 +1,8 @@
 """`preflight(manifest)`: everything a job needs, checked before any worker is placed and before
 anything is deleted; every problem collected, none stopping the others.
 
-Inference: the input (files, columns, id rules, shards), the model (resolvable, its identity),
+Inference: the input (files, columns, id rules, shards), the model (resolvable, its identity), the
+adapter (an adapter folder trained on that model),
 the output (not overlapping the input, writable, free under `error_if_exists`), prompt lengths
 on a sample, and the evaluation references. Training: the model references, the data
 (readable Parquet) and the output and checkpoint locations (writable).
@@ -14,17 +15,18 @@ import structlog
 from cluster import storage
 from jobs.manifest import InferenceManifest, TrainingManifest
 from jobs.manifest.uri_fields import manifest_uris, model_refs
+from jobs.run.preflight.adapter import check_adapter
 from jobs.run.preflight.inputs import check_input, check_readable
 from jobs.run.preflight.model import check_model, model_dir_on_node
 from jobs.run.preflight.output import check_output, overlap_problems, probe_problem
 from jobs.run.preflight.plan import Plan
-from jobs.run.preflight.prompts import check_prompts
+from jobs.run.preflight.prompts import check_examples, check_prompts
 from workers.uri_field import READ, WRITE
 
 log = structlog.get_logger()
 
-# Inference fields read as Parquet that have their own check (the input, the references).
-OWN_CHECKS = ("input.uri", "evaluate.references_uri")
+# Inference fields that have their own check: the input and the references (Parquet), the adapter (a folder).
+OWN_CHECKS = ("input.uri", "evaluate.references_uri", "adapter", "task.examples.uri")
 
 
 def preflight(manifest: InferenceManifest | TrainingManifest, scope: storage.Scope | None = None, *,
@@ -48,7 +50,10 @@ def _inference(m: InferenceManifest, scope: storage.Scope, probe: bool, sample_r
     identity = None
     if m.engine != "baseline":  # the model-free baselines never load `model:`
         identity = check_model(m.model, plan, scope)
+    if m.adapter:
+        check_adapter(m, identity, plan, scope)
     _other_reads(m, plan, scope)
+    check_examples(m, plan, scope)
     if m.evaluate and m.evaluate.references_uri:
         # scikit-learn and the metrics load only for a job that names references (seconds)
         from jobs.evaluation.scoring import check_references

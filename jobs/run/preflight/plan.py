@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cluster.storage import FileRef
+from llm_core.fewshot import FewShotSpec
 from workers.inference.shards import Shard
 
 
@@ -29,6 +30,8 @@ class Plan:
     id_type: str = ""  # pyarrow type string every part's id column has ("string", "int64")
     dropped: list[dict] = field(default_factory=list)  # {"file", "row", "id", "reason"}
     model: dict = field(default_factory=dict)  # workers.model_identity.model_identity(...)
+    adapter: dict | None = None  # workers.adapter_folder.adapter_identity(...) when the job names one
+    examples: FewShotSpec | None = None  # task.examples (llm_core.fewshot); a file's loaded once by the pre-flight
     est_prompt_tokens: int = 0
     est_completion_tokens: int = 0
     problems: list[str] = field(default_factory=list)  # fatal: the job is refused with all of them

@@ -2,10 +2,12 @@
 
 The prompt of a row is built as the engine builds it (llm_core.llm: the task's chat messages, the
 model's chat template, its tokenizer) and compared with the same limit: the context
-(`max_position_embeddings`) less `max_new_tokens` (classify scores labels and generates nothing),
-or `params.max_input_tokens` when smaller. Only a model folder already on this node is read: the
-pre-flight never downloads a model for this. Without one, the estimate counts ~4 characters a
-token and says so.
+(`max_position_embeddings`) less `max_new_tokens` (classify: less its longest label's tokens), or
+`params.max_input_tokens` when smaller. Few-shot examples are chosen for the sampled rows as the
+workers will choose them (llm_core.fewshot), cut to their token cap and left out where they do
+not fit (llm_core.prompting): they count in the token estimate, and rows that would get fewer
+than `k` are a warning. Only a model folder already on this node is read: the pre-flight never
+downloads a model for this. Without one, the estimate counts ~4 characters a token and says so.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ import pyarrow.parquet as pq
 
 from cluster import storage
 from jobs.manifest import InferenceManifest
+from jobs.manifest.tasks import Examples
+from jobs.run.examples import FIELD, ExamplesError, fewshot_spec, load_examples
 from jobs.run.preflight.plan import Plan
 from jobs.run.work import task_spec
-from llm_core.tasks import TaskKind, TaskSpec, build_messages, user_message
+from llm_core.fewshot import FewShotSpec, select_examples
+from llm_core.prompting import chat_ids, fit_prompt, shorten_example
+from llm_core.tasks import TaskKind, TaskSpec, user_message
 from llm_core.tokenizer import ChatTemplateError, ModelTokenizer
 
 CHARS_PER_TOKEN = 4  # the rough rule for English text, when the model's tokenizer is not here
@@ -49,11 +55,37 @@ def sample_rows(m: InferenceManifest, plan: Plan, n: int, scope: storage.Scope |
     return out
 
 
+def check_examples(m: InferenceManifest, plan: Plan, scope: storage.Scope | None) -> FewShotSpec | None:
+    """The job's few-shot examples (a file's loaded here, once), also kept as plan.examples for
+    the prompt check and the run; None with the problem added to the plan when they cannot be used."""
+    section: Examples | None = getattr(m.task, "examples", None)
+    if section is None:
+        return None
+    if m.engine == "baseline":
+        plan.warnings.append("task.examples: engine: baseline uses no prompt; the examples are ignored")
+    try:
+        loaded, note = load_examples(m, scope) if section.uri is not None else (None, "")
+        spec = fewshot_spec(m, loaded)
+    except (ExamplesError, ValueError, storage.ScopeError) as exc:
+        plan.problems.append(str(exc) if str(exc).startswith("task.examples") else f"{FIELD}: {exc}")
+        return None
+    plan.examples = spec
+    if note:
+        plan.warnings.append(note)
+    plan.checked.append(f"task.examples: {len(spec.examples)} example(s), k {spec.k}, select {spec.select}")
+    return spec
+
+
 def check_prompts(m: InferenceManifest, plan: Plan, model_dir: Path | None, n: int,
                   scope: storage.Scope | None) -> None:
     """Token lengths of a sample (a problem when every row would fail, a warning when some
     would be cut or fail) and plan.est_prompt_tokens / est_completion_tokens."""
-    spec = task_spec(m)
+    examples = plan.examples  # check_examples (above), run first by the pre-flight
+    section = getattr(m.task, "examples", None)
+    if section is not None and section.uri is not None and examples is None:
+        plan.checked.append("prompts: not checked (task.examples could not be loaded)")
+        return
+    spec = task_spec(m, examples)
     rows = sample_rows(m, plan, n, scope) if plan.rows else []
     if model_dir is None:
         plan.warnings.append(f"token lengths not checked: model {m.model} is not on this node "
@@ -64,36 +96,64 @@ def check_prompts(m: InferenceManifest, plan: Plan, model_dir: Path | None, n: i
         tokenizer = ModelTokenizer(model_dir)
         if tokenizer.config.get(CLASSIFIER_TASK[0]) == CLASSIFIER_TASK[1]:
             plan.checked.append("prompts: a classification-head model cuts each text to its trained length")
+            if spec.fewshot is not None:
+                plan.warnings.append("task.examples: a classification-head model uses no prompt; "
+                                     "the examples are ignored")
             return
-        lengths = [len(tokenizer.encode(tokenizer.apply_chat_template(build_messages(spec, t, lang))))
-                   for t, lang in rows]
-        bare = len(tokenizer.encode(tokenizer.apply_chat_template(
-            build_messages(spec, "", rows[0][1] if rows else None))))
+        lengths = [len(chat_ids(tokenizer, spec, t, lang)) for t, lang in rows]
+        bare = len(chat_ids(tokenizer, spec, "", rows[0][1] if rows else None))
+        context = int(tokenizer.config.get("max_position_embeddings") or 2048)
+        label_tokens = [len(tokenizer.encode(label)) + 1 for label in spec.labels]  # then end-of-turn
+        reserved = max(label_tokens) if spec.kind == TaskKind.CLASSIFY else m.params.max_new_tokens
+        limit = min(m.params.max_input_tokens or context - reserved, context - reserved)
+        prompted = _with_examples(m, spec, plan, tokenizer, rows, limit) if limit > 0 else lengths
     except ChatTemplateError as exc:
         plan.problems.append(f"model: {m.model}: the prompt cannot be built ({exc})")
         return
     except Exception as exc:  # noqa: BLE001 - the tokenizers library raises bare Exceptions
         plan.problems.append(f"model: {m.model}: its tokenizer cannot be read ({exc})")
         return
-    context = int(tokenizer.config.get("max_position_embeddings") or 2048)
-    reserved = 0 if spec.kind == TaskKind.CLASSIFY else m.params.max_new_tokens
-    limit = min(m.params.max_input_tokens or context - reserved, context - reserved)
     _judge(m, plan, lengths, bare, limit, context, reserved)
-    plan.est_prompt_tokens = round(sum(min(x, limit) for x in lengths) / len(lengths) * plan.rows) if lengths else 0
-    if spec.kind == TaskKind.CLASSIFY:  # a label's tokens, then end-of-turn
-        label_tokens = [len(tokenizer.encode(label)) + 1 for label in spec.labels]
+    plan.est_prompt_tokens = round(sum(min(x, limit) for x in prompted) / len(prompted) * plan.rows) if prompted else 0
+    if spec.kind == TaskKind.CLASSIFY:
         plan.est_completion_tokens = round(sum(label_tokens) / len(label_tokens) * plan.rows)
     else:  # an upper bound: rows that stop early take fewer
         plan.est_completion_tokens = m.params.max_new_tokens * plan.rows
 
 
+def _with_examples(m: InferenceManifest, spec: TaskSpec, plan: Plan, tokenizer: ModelTokenizer,
+                   rows: list[tuple[str, str | None]], limit: int) -> list[int]:
+    """The sampled rows' prompt lengths with their few-shot examples, as the workers build them
+    (rows that fail get none); a warning when examples would be left out to fit."""
+    fewshot = spec.fewshot
+    if fewshot is None or not rows:
+        return [len(chat_ids(tokenizer, spec, t, lang)) for t, lang in rows]
+    picks = select_examples(fewshot, [t for t, _ in rows], [lang for _, lang in rows], spec.target_language)
+    lengths, short = [], 0
+    for (text, lang), pick in zip(rows, picks):
+        shots = tuple(shorten_example(tokenizer, e, fewshot.max_example_tokens) for e in pick)
+        prompt = fit_prompt(tokenizer, spec, text, lang, shots, limit, m.params.on_long_input)
+        if prompt.ids is not None:
+            lengths.append(len(prompt.ids))
+            short += len(prompt.examples) < len(shots)
+    if lengths:
+        plan.checked.append(f"prompts: with up to {fewshot.k} example(s) a row, sampled prompts are "
+                            f"{round(sum(lengths) / len(lengths))} tokens on average (longest {max(lengths)})")
+    if short:
+        plan.warnings.append(f"task.examples: {short} of {len(rows)} sampled rows fit fewer of their examples "
+                             f"than chosen within {limit} tokens (examples are left out before a row is cut; "
+                             "a smaller examples.k or examples.max_example_tokens keeps them all)")
+    return lengths
+
+
 def _judge(m: InferenceManifest, plan: Plan, lengths: list[int], bare: int, limit: int, context: int,
            reserved: int) -> None:
-    where = (f"{limit} tokens (the model's context {context}" + (f" less max_new_tokens {reserved}" if reserved else "")
+    spent = "the longest label's tokens" if m.task.kind == TaskKind.CLASSIFY else "max_new_tokens"
+    where = (f"{limit} tokens (the model's context {context}" + (f" less {spent} {reserved}" if reserved else "")
              + (f", or params.max_input_tokens {m.params.max_input_tokens}" if m.params.max_input_tokens else "") + ")")
     if limit <= 0:
-        plan.problems.append(f"params.max_new_tokens {reserved} leaves no room for a prompt in the model's "
-                             f"context of {context} tokens")
+        what = ("task.labels: the longest label's" if m.task.kind == TaskKind.CLASSIFY else "params.max_new_tokens")
+        plan.problems.append(f"{what} {reserved} leaves no room for a prompt in the model's context of {context} tokens")
         return
     if bare > limit:
         what = f" (the task lists {len(m.task.labels)} labels)" if m.task.kind == TaskKind.CLASSIFY else ""
@@ -119,9 +179,20 @@ def _judge(m: InferenceManifest, plan: Plan, lengths: list[int], bare: int, limi
 def _estimate_by_characters(m: InferenceManifest, spec: TaskSpec, plan: Plan, rows: list) -> None:
     if rows:
         chars = sum(len(user_message(spec, t, lang)) + len(spec.system_prompt or "") for t, lang in rows)
-        plan.est_prompt_tokens = round(chars / len(rows) / CHARS_PER_TOKEN * plan.rows)
+        plan.est_prompt_tokens = round((chars / len(rows) + _example_chars(spec, rows)) / CHARS_PER_TOKEN * plan.rows)
     if spec.kind == TaskKind.CLASSIFY:
         per_row = sum(len(label) / CHARS_PER_TOKEN + 1 for label in spec.labels) / len(spec.labels)
         plan.est_completion_tokens = round(per_row * plan.rows)
     else:
         plan.est_completion_tokens = m.params.max_new_tokens * plan.rows
+
+
+def _example_chars(spec: TaskSpec, rows: list) -> float:
+    """Characters the sampled rows' examples add to a prompt, on average (each cut to its cap)."""
+    if spec.fewshot is None:
+        return 0.0
+    cap = spec.fewshot.max_example_tokens * CHARS_PER_TOKEN
+    picks = select_examples(spec.fewshot, [t for t, _ in rows], [lang for _, lang in rows], spec.target_language)
+    added = sum(len(user_message(spec, e.text[:cap], e.target_language or lang)) + min(len(e.output), cap)
+                for (_, lang), pick in zip(rows, picks) for e in pick)
+    return added / len(rows)

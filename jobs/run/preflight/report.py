@@ -50,6 +50,8 @@ def plan_lines(plan: Plan, *, title: str, model_ref: str | None = None, id_colum
         lines.append(f"id column: {id_column!r} read as {plan.id_type}" if id_column else f"id type: {plan.id_type}")
     if model_ref:
         lines.append(f"model: {model_line(model_ref, plan.model)}")
+    if plan.adapter:
+        lines.append(f"adapter: {model_line(plan.adapter.get('uri') or plan.adapter.get('path', '?'), plan.adapter)}")
     if plan.est_prompt_tokens or plan.est_completion_tokens:
         lines.append(f"estimated tokens: {plan.est_prompt_tokens:,} prompt + {plan.est_completion_tokens:,} completion")
     if plan.checked:

@@ -51,11 +51,12 @@ class NativeEngine:
     def __init__(
         self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
         max_batch_tokens: int | None = None, max_num_seqs: int = 64, tokenizer: Tokenizer | None = None,
-        prefix_caching: bool = True, quantization: str = "none",
+        prefix_caching: bool = True, quantization: str = "none", adapter_dir: str | Path | None = None,
     ):
         model_dir = Path(model_dir)
         self.device = pick_device(device)
-        self.model, self.config = load_model(model_dir, self.device, dtype)
+        # A LoRA adapter is merged as the weights load, before the dtype cast and quantization.
+        self.model, self.config = load_model(model_dir, self.device, dtype, adapter_dir=adapter_dir)
         self.dtype = self.model.embed_tokens.weight.dtype
         self.quantization = quantization
         quantize_model(self.model, quantization)  # int8: weight-only, activations keep self.dtype
@@ -73,7 +74,8 @@ class NativeEngine:
         )
         # A shared prompt prefix (system prompt, instruction) is computed once: prefix_cache.py.
         self.prefix_cache = PrefixCache() if prefix_caching else None
-        log.info("engine: native (%s, %s, %s, quantization %s)", model_dir.name, self.device, self.dtype, quantization)
+        log.info("engine: native (%s, %s, %s, quantization %s, adapter %s)", model_dir.name, self.device,
+                 self.dtype, quantization, Path(adapter_dir).name if adapter_dir else "none")
 
     def _check_prompts(self, prompts: Seq[Seq[int]]) -> None:
         for i, p in enumerate(prompts):
