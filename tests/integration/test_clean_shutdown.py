@@ -127,11 +127,12 @@ def test_llmbatch_run_normal_end_and_ctrl_c(ray_base, tmp_path, tiny_dir):
     assert not pids_under(ray_base) and not list(ray_base.glob("s-*"))
 
     log = tmp_path / "run.log"
-    proc = subprocess.Popen(cmd + [str(_run_job_file(tmp_path, tiny_dir, rows=200, tokens=96))], cwd=REPO, env=env,
+    # 1,000 rows (100 shards): still running when Ctrl-C comes, however slow the first part was to appear.
+    proc = subprocess.Popen(cmd + [str(_run_job_file(tmp_path, tiny_dir, rows=1000, tokens=96))], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
         session = session_of(ray_base, proc.pid)
-        wait_for(lambda: list((tmp_path / "out-200").glob("data/*/part-*")), timeout=240)  # mid-job
+        wait_for(lambda: list((tmp_path / "out-1000").glob("data/*/part-*")), timeout=240)  # mid-job
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(timeout=120) == 130
         assert gone(session, timeout=5), f"Ray processes left after Ctrl-C: {log.read_text()[-3000:]}"

@@ -73,7 +73,16 @@ class RayCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.temp_dir = f"/tmp/lbray_{uuid.uuid4().hex[:6]}"
-        ports = {f"--{name}": str(free_port()) for name in (
+        taken = {self.port}
+
+        def distinct_port() -> int:  # a port just closed can come back: one Ray port given twice fails start
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            return port
+
+        ports = {f"--{name}": str(distinct_port()) for name in (
             "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
             "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")}
         cmd = [str(Path(PY).parent / "ray"), "start", "--head", f"--port={self.port}", f"--num-cpus={num_cpus}",
