@@ -31,3 +31,13 @@ def stable_json(data: Any) -> str:
 def stable_json_sha256(data: Any) -> str:
     """sha256 of `stable_json(data)`: equal data, equal hash, whatever the key order."""
     return text_sha256(stable_json(data))
+
+
+DIGEST_CHARS = 32  # 128 bits: an identity digest names model-cache entries, so it must not collide
+
+
+def short_digest(data: Any) -> str:
+    """A short name of a JSON-able identity: sha256 of its canonical JSON, DIGEST_CHARS hex characters.
+    Models (workers.model_identity) and the base an adapter records (llm_core.models.lora_files)
+    are named by it, and compared by it."""
+    return stable_json_sha256(data)[:DIGEST_CHARS]

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from cluster import storage
-from cluster.hashing import stable_json_sha256
+from cluster.hashing import short_digest
 from cluster.model_cache.file_hashes import memoized_sha256
 from cluster.storage import s3
 from cluster.storage.backend import FileRef
@@ -28,7 +28,6 @@ from cluster.storage.scope import Scope
 from llm_core.weights import builtin
 from workers import model_check
 
-DIGEST_CHARS = 32  # 128 bits: names cache entries, so it must not collide
 
 
 class ModelNotFound(FileNotFoundError):
@@ -106,8 +105,8 @@ def local_identity(ref: str, scope: Scope, need: str = "weights") -> dict:
 
 
 def identity_digest(identity: dict) -> str:
-    """A short name of an identity: sha256 of its canonical JSON, 32 hex characters."""
-    return stable_json_sha256(identity)[:DIGEST_CHARS]
+    """A short name of an identity (cluster.hashing.short_digest)."""
+    return short_digest(identity)
 
 
 def _show(kind: str, value: str) -> str:

@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cluster.hashing import stable_json_sha256
+from cluster.hashing import short_digest
 from llm_core.models.classifier import CLASSIFICATION_TASK, CLASSIFIER_FILE, LABELS_FILE
 from llm_core.models.config import ModelConfig
 from llm_core.models.lora_names import LORA_TARGETS, hf_module, merge_adapter_weights, peft_key, target_slice
@@ -36,7 +36,6 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 MAX_RANK = 1024
 MAX_ALPHA = 65536.0
 MAX_CONFIG_BYTES = 1 << 20
-DIGEST_CHARS = 32  # as workers.model_identity.identity_digest (llm_core may not import workers)
 SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                 "intermediate_size", "vocab_size")
 # PEFT options that change what the matrices mean, with the value under which they change nothing.
@@ -69,7 +68,7 @@ def write_adapter_folder(dest: Path, weights: dict[str, torch.Tensor], rank: int
         "base_model_name_or_path": base_ref, "inference_mode": True,
         "llmbatch": {
             "base_model": base_identity,
-            "base_digest": stable_json_sha256(base_identity)[:DIGEST_CHARS] if base_identity else None,
+            "base_digest": short_digest(base_identity) if base_identity else None,
             "base_shape": base_shape(base_config),
             **(extra or {}),
         },
@@ -223,7 +222,7 @@ def _check_llmbatch(folder: Path, path: Path, section) -> None:
     digest = section.get("base_digest")
     if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{32}", digest)):
         raise AdapterFormatError(f"{path}: llmbatch.base_digest must be 32 hex characters")
-    if base is not None and digest is not None and stable_json_sha256(base)[:DIGEST_CHARS] != digest:
+    if base is not None and digest is not None and short_digest(base) != digest:
         raise AdapterFormatError(f"{path}: llmbatch.base_digest does not match llmbatch.base_model")
     shape = section.get("base_shape")
     if shape is not None:
