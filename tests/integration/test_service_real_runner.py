@@ -18,12 +18,16 @@ from tests.support.service_fixtures import Service
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 pytest.importorskip("jobs.run.inference")
 
+# 32 shards of 2 rows: several scheduler ticks (1 s) of work after the first shard, even on an
+# idle machine (16 rows of 24 tokens once ended within the tick that saw the first shard).
+ROWS = 64
+
 
 def test_kill9_mid_job_with_the_real_runner(ray_cluster, tmp_path):
     from tests.support.tiny_model import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny")
-    table = pq.read_table(REPO / "tests" / "data" / "summarize_sample.parquet", columns=["id", "text"]).slice(0, 16)
+    table = pq.read_table(REPO / "tests" / "data" / "summarize_sample.parquet", columns=["id", "text"]).slice(0, ROWS)
     (tmp_path / "in").mkdir()
     pq.write_table(table, tmp_path / "in" / "docs.parquet")
     db = f"sqlite:///{tmp_path}/jobs.db"
@@ -31,7 +35,7 @@ def test_kill9_mid_job_with_the_real_runner(ray_cluster, tmp_path):
     manifest = {"name": "tiny-summaries", "task": "summarize", "model": str(model),
                 "input": {"uri": str(tmp_path / "in"), "rows_per_shard": 2},
                 "output": {"uri": str(tmp_path / "out" / "{run_id}")},
-                "params": {"max_new_tokens": 24}, "resources": {"workers": 1, "batch_size": 2}}
+                "params": {"max_new_tokens": 64}, "resources": {"workers": 1, "batch_size": 2}}
     svc = Service(db, ray_cluster.address, runner=None, lease_s=600)
     svc2 = None
     try:
@@ -42,6 +46,9 @@ def test_kill9_mid_job_with_the_real_runner(ray_cluster, tmp_path):
             assert time.monotonic() < deadline, c.get(job_id)
             time.sleep(0.3)
         svc.kill9()
+        # The point is a kill mid-job: the dead scheduler must not have seen the job end (a job
+        # that ends within one scheduler tick of its first shard is too short for this test).
+        assert Store(db).get(job_id)["state"] == "running", "the job ended before the kill; make it longer"
         svc2 = Service(db, ray_cluster.address, runner=None, lease_s=600)
         c2 = Client(svc2.url, token)
         job = c2.wait(job_id, timeout_s=300)
@@ -56,4 +63,4 @@ def test_kill9_mid_job_with_the_real_runner(ray_cluster, tmp_path):
     assert_each_id_once(out, table.column("id").to_pylist())  # in the files _SUCCESS.json lists
     assert marker(out)[0] == "_SUCCESS.json"
     assert part_files(out) == sorted(f["path"] for f in marker(out)[1]["files"])
-    assert job["summary"]["rows"] == 16
+    assert job["summary"]["rows"] == ROWS
