@@ -14,8 +14,10 @@ baselines, on Debian data.
 
 Systems: `baseline` (lead sentence / TF-IDF + LR / identity), `zero-shot`, `few-shot` (k examples
 per row, `--select similar` by TF-IDF cosine or `random`, from the train split) and, for
-classify, `zero-shot-uncalibrated` / `few-shot-uncalibrated` (raw label scores; the others are
-calibrated as in Zhao et al. 2021, llm_core.calibration). The few-shot pool is the train split
+classify, `zero-shot-uncalibrated` / `few-shot-uncalibrated` (raw label scores) and
+`zero-shot-content-free` / `few-shot-content-free` (contextual calibration, Zhao et al. 2021); the
+others use the default calibration, `batch` (llm_core.calibration), its prior measured on a sample
+of the rows drawn as a job's driver draws it (all of them up to CALIBRATION_ROWS). The few-shot pool is the train split
 sampled down as a job's driver does for `task.examples.uri` (llm_core.fewshot.MAX_POOL rows,
 seeded), each example cut to `--max-example-tokens`.
 
@@ -38,6 +40,7 @@ from pathlib import Path
 
 from benchmarks.quality_baselines import DEFAULT_DATA, split_rows
 from llm_core.baselines import TfidfClassifier, identity_translations, lead_sentence_summaries
+from llm_core.calibration import CALIBRATION_TEXT_CHARS, sample_indices
 from llm_core.engine.sampling import SamplingParams
 from llm_core.fewshot import CHARS_PER_TOKEN_BOUND, MAX_POOL, Example, FewShotSpec
 from llm_core.metrics.compute import compute_metrics
@@ -50,8 +53,10 @@ COLUMNS = {
     "translate": ["bleu", "chrf"],
 }
 MAX_NEW_TOKENS = {"summarize": 48, "classify": 1, "translate": 256}
-SYSTEMS = ("baseline", "zero-shot", "few-shot", "zero-shot-uncalibrated", "few-shot-uncalibrated")
+SYSTEMS = ("baseline", "zero-shot", "few-shot", "zero-shot-uncalibrated", "few-shot-uncalibrated",
+           "zero-shot-content-free", "few-shot-content-free")
 UNCALIBRATED = "-uncalibrated"  # classify only
+CONTENT_FREE = "-content-free"  # classify only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +82,11 @@ class Options:
                            max_example_tokens=self.max_example_tokens)
 
     def label(self, system: str) -> str:
-        name = f"{self.model_name} " + system.removesuffix(UNCALIBRATED)
+        name = f"{self.model_name} " + system.removesuffix(UNCALIBRATED).removesuffix(CONTENT_FREE)
         if system.startswith("few-shot"):
             name += f" (k={self.k} {self.select} from train)"
-        return name + (", uncalibrated" if system.endswith(UNCALIBRATED) else "")
+        return name + (", uncalibrated" if system.endswith(UNCALIBRATED) else
+                       ", content-free calibration" if system.endswith(CONTENT_FREE) else "")
 
 
 def sampling(task: str) -> SamplingParams:
@@ -127,10 +133,16 @@ def classify(data: Path, limit: int, llm, options: Options) -> dict:
     for system in SYSTEMS[1:]:
         if llm is not None and options.wants(system):
             fewshot = options.fewshot(train, "label") if system.startswith("few-shot") else None
-            spec = TaskSpec("classify", labels=labels, fewshot=fewshot, calibrate=not system.endswith(UNCALIBRATED))
+            spec = TaskSpec("classify", labels=labels, fewshot=fewshot, calibrate=calibration(system),
+                            calibration_texts=tuple(texts[i][:CALIBRATION_TEXT_CHARS] for i in sample_indices(len(texts))))
             outputs, stats = run_model(llm, spec, texts)
             out[options.label(system)] = score("classify", outputs, refs, **stats)
     return out
+
+
+def calibration(system: str) -> bool | str:
+    """A classify system's `calibrate`: raw scores, Zhao et al.'s, or the default (batch)."""
+    return False if system.endswith(UNCALIBRATED) else "content_free" if system.endswith(CONTENT_FREE) else True
 
 
 def translate(data: Path, limit: int, llm, options: Options) -> dict:
@@ -168,7 +180,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["summarize", "classify", "translate"],
                         choices=["summarize", "classify", "translate"])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS,
-                        help="what to run (the *-uncalibrated ones are classify only)")
+                        help="what to run (the *-uncalibrated and *-content-free ones are classify only)")
     parser.add_argument("--baselines-only", action="store_true", help="skip the model (--systems baseline)")
     parser.add_argument("--k", type=int, default=3, help="few-shot: examples per row")
     parser.add_argument("--select", choices=["similar", "random"], default="similar", help="few-shot selection")

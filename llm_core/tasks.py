@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from llm_core.calibration import calibration_method
 from llm_core.fewshot import Example, FewShotSpec
 from llm_core.languages import language_name
 
@@ -40,11 +41,17 @@ class TaskSpec:
     extra: dict = field(default_factory=dict)
     # Solved examples shown before each row as earlier chat turns (llm_core.fewshot).
     fewshot: FewShotSpec | None = None
-    # classify: correct label scores for the prompt's prior (llm_core.calibration); False: raw argmax.
-    calibrate: bool = True
+    # classify: correct label scores for the prompt's prior (llm_core.calibration): a method
+    # ("batch", "content_free"; True is the default one) or False (raw argmax). Stored as the
+    # method's name or False.
+    calibrate: bool | str = True
+    # calibrate "batch": the texts whose mean label distribution is the prior (a job's seeded
+    # sample of its rows, the same for every shard); None: the rows of each run_task call.
+    calibration_texts: tuple[str, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "kind", TaskKind(self.kind))  # refuses an unknown kind here
+        object.__setattr__(self, "calibrate", calibration_method(self.calibrate) or False)
 
     @property
     def output_column(self) -> str:

@@ -136,6 +136,13 @@ def _as_string(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
 
 
+def _predictions(column: pa.ChunkedArray) -> list:
+    """The outputs scored: with params.n > 1 (a list per row) the first completion of each row."""
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        column = pc.list_element(column, 0)
+    return _as_string(column).to_pylist()
+
+
 def evaluate_output(output: OutputLocation, *, task: TaskKind, reference_column: str,
                     references_uri: str | list[str] | None = None, id_column: str = "id",
                     metrics: list[str] | None = None, use_stemmer: bool = False, write: bool = True,
@@ -153,7 +160,7 @@ def evaluate_output(output: OutputLocation, *, task: TaskKind, reference_column:
         raise ValueError(f"task {task} has no default metrics: name them")
     if references_uri is None:
         table = read_output_with_input(output, [output_column], [reference_column], files=files)
-        predictions = _as_string(table.column(output_column)).to_pylist()
+        predictions = _predictions(table.column(output_column))
         references = _as_string(table.column(f"input.{reference_column}")).to_pylist()
         unmatched, source = 0, "input"
     else:
@@ -187,7 +194,7 @@ def _join_references(output: OutputLocation, output_column: str, references_uri:
         outputs = outputs.set_column(0, "__id", _as_string(outputs.column("__id")))
     joined = outputs.join(refs, keys="__id", join_type="left outer")
     matched = pc.sum(pc.is_in(refs.column("__id"), value_set=outputs.column("__id").combine_chunks())).as_py() or 0
-    return (_as_string(joined.column("__prediction")).to_pylist(),
+    return (_predictions(joined.column("__prediction")),
             _as_string(joined.column("__reference")).to_pylist(), refs.num_rows - matched)
 
 

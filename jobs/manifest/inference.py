@@ -28,6 +28,9 @@ PLANNED_QUANTIZATIONS = ("fp8", "int4")
 # Tasks the model-free baselines cover (engine: baseline): llm_core.baselines.
 BASELINE_TASKS = (TaskKind.SUMMARIZE, TaskKind.TRANSLATE, TaskKind.CLASSIFY)
 
+# params.n: completions per row. Each is a full generation (n sequences in the engine per row).
+MAX_COMPLETIONS = 16
+
 
 class InputSpec(Strict):
     uri: Annotated[str | list[str], AfterValidator(check_uris), READS] = Field(
@@ -55,6 +58,9 @@ class GenerationParams(Strict):
     no_repeat_ngram_size: int | None = Field(None, ge=0)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = 0
+    # Several completions per row (sampled: temperature > 0); the output column is then a list.
+    # With a seed, each row's completions come from a seed of its own, derived from (seed, row id).
+    n: int = Field(1, ge=1, le=MAX_COMPLETIONS, description="completions per row (a list column when > 1)")
     max_input_tokens: int | None = Field(
         None, gt=0, description="default: the model's context minus max_new_tokens"
     )
@@ -116,7 +122,8 @@ class InferenceManifest(CrossChecked):
     # pre-flight). READS, not MODEL: an adapter folder has no config.json or weights of its own,
     # so the model-folder check at submit would refuse it; pre-flight checks it as an adapter.
     adapter: Annotated[str | None, READS] = None
-    engine: Literal["auto", "native", "hf", "baseline"] = "auto"  # baseline: no language model
+    # baseline: no language model; vllm: vLLM (an optional extra, llm_core/engine/vllm_engine.py)
+    engine: Literal["auto", "native", "hf", "vllm", "baseline"] = "auto"
     input: InputSpec
     output: OutputSpec
     params: GenerationParams = GenerationParams()
@@ -140,7 +147,7 @@ class InferenceManifest(CrossChecked):
     def _cross_field_problems(self) -> Problems:
         p: Problems = self._adapter_problems()
         kind = self.task.kind
-        if self.params.quantization != "none" and self.engine in ("hf", "baseline"):
+        if self.params.quantization != "none" and self.engine in ("hf", "vllm", "baseline"):
             p.append((("params", "quantization"), f"quantization: {self.params.quantization} needs the native "
                       f"engine (engine: auto or native), not engine: {self.engine}"))
         if self.engine == "baseline" and kind not in BASELINE_TASKS:
@@ -151,9 +158,27 @@ class InferenceManifest(CrossChecked):
                                                   "data (Parquet with the text column and train_label_column)")))
             if self.engine != "baseline" and self.task.train_uri:
                 p.append((("task", "train_uri"), "only used with engine: baseline"))
+        p.extend(self._completions_problems())
         if self.evaluate and self.evaluate.metrics is None and not DEFAULT_METRICS.get(kind):
             p.append((("evaluate", "metrics"), f"task {kind} has no default metrics: name them"))
         return p
+
+    def _completions_problems(self) -> Problems:
+        """params.n > 1 needs sampling and a task that generates; the baselines answer once."""
+        n = self.params.n
+        if n == 1:
+            return []
+        where = ("params", "n")
+        if self.task.kind == TaskKind.CLASSIFY:
+            return [(where, f"params.n: {n} is for generated outputs; classify scores the labels and "
+                     "gives one label per row (leave params.n out)")]
+        if self.engine == "baseline":
+            return [(where, f"params.n: {n} needs a language model; engine: baseline gives one output per "
+                     "row (leave params.n out)")]
+        if self.params.temperature == 0:
+            return [(where, f"params.n: {n} with params.temperature: 0 (greedy) gives {n} identical "
+                     "completions; set params.temperature > 0 (e.g. 0.8) or leave params.n out")]
+        return []
 
     def _adapter_problems(self) -> Problems:
         if self.adapter is None:
@@ -164,7 +189,7 @@ class InferenceManifest(CrossChecked):
             return [(("adapter",), "an adapter is a folder (a local path or s3:// prefix) holding "
                      "adapter_config.json, not a built-in model")]
         p: Problems = []
-        if self.engine in ("hf", "baseline"):
+        if self.engine in ("hf", "vllm", "baseline"):
             p.append((("adapter",), f"adapter needs the native engine (engine: auto or native), not engine: "
                       f"{self.engine}: the native engine merges the adapter into the model's weights as it loads them"))
         if self.adapter.rstrip("/") == self.model.rstrip("/"):

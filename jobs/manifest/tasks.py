@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from cluster.storage.uri import check_uris
 from jobs.manifest.common import Strict
+from llm_core.calibration import DEFAULT_METHOD, METHODS
 from llm_core.fewshot import MAX_K, MAX_POOL, SELECTIONS
 from llm_core.languages import language_name
 from llm_core.tasks import TaskKind
@@ -146,11 +147,23 @@ class ClassifyTask(Strict):
     )
     train_label_column: str = "label"
     examples: Examples | None = None
-    # Contextual calibration (llm_core.calibration): the label scores divided by the prompt's prior,
-    # measured on content-free texts. false: the label the model scores highest, as it is.
-    calibrate: bool = True
+    # Calibration (llm_core.calibration): each row's label distribution divided by the prompt's
+    # prior. batch (= true): measured on a seeded sample of the job's rows; content_free: on
+    # "N/A", "" and "[MASK]". false: the label the model scores highest, as it is. Stored as the
+    # method's name, so the run's fingerprint names the method (true -> batch).
+    calibrate: Literal[False, "batch", "content_free"] = Field(
+        "batch", description="true (= batch), batch, content_free or false")
 
     _shorthand = field_validator("examples", mode="before")(_examples_shorthand)
+
+    @field_validator("calibrate", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        if value is True:
+            return DEFAULT_METHOD
+        if value is False or value in METHODS:
+            return value
+        raise ValueError(f"must be true, false, {' or '.join(METHODS)} (got {value!r})")
 
     @field_validator("labels")
     @classmethod

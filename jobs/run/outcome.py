@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from jobs.lifecycle import JobState
 from workers.output.location import OutputLocation
+from workers.output.parquet_io import column_total
 
 COUNT_COLUMNS = ["error", "prompt_tokens", "completion_tokens"]
 
@@ -42,7 +43,7 @@ def part_counts(output: OutputLocation, path: str) -> PartCounts:
     t = output.read_part_at(path, COUNT_COLUMNS)
     return PartCounts(t.num_rows, t.num_rows - t.column("error").null_count,
                       int(pc.sum(t.column("prompt_tokens")).as_py() or 0),
-                      int(pc.sum(t.column("completion_tokens")).as_py() or 0))
+                      column_total(t.column("completion_tokens")))  # a list per row when params.n > 1
 
 
 def total(counts: dict[str, PartCounts]) -> PartCounts:

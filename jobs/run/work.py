@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jobs.manifest import InferenceManifest
+from jobs.run.calibration import calibration_texts, needs_sample
 from jobs.run.examples import fewshot_spec
 from llm_core.engine.sampling import SamplingParams
 from llm_core.fewshot import FewShotSpec
@@ -11,9 +12,11 @@ from workers.inference.shard_task import ShardWork
 from workers.output.location import OutputLocation
 
 
-def task_spec(m: InferenceManifest, fewshot: FewShotSpec | None = None) -> TaskSpec:
+def task_spec(m: InferenceManifest, fewshot: FewShotSpec | None = None,
+              calibration: tuple[str, ...] | None = None) -> TaskSpec:
     """`fewshot`: the pre-flight's (plan.examples), needed when task.examples names a file;
-    inline examples are taken from the manifest when it is None."""
+    inline examples are taken from the manifest when it is None. `calibration`: the job's
+    calibration sample (jobs.run.calibration), for `calibrate: batch`."""
     t = m.task
     if fewshot is None and getattr(t, "examples", None) is not None:
         fewshot = fewshot_spec(m)  # inline items (a file's examples must come loaded: it refuses)
@@ -22,7 +25,7 @@ def task_spec(m: InferenceManifest, fewshot: FewShotSpec | None = None) -> TaskS
         source_language=getattr(t, "source_language", "English"), labels=tuple(getattr(t, "labels", ()) or ()),
         prompt_template=getattr(t, "prompt_template", None), system_prompt=t.system_prompt,
         instructions=getattr(t, "instructions", None), style=getattr(t, "style", "one_sentence"),
-        fewshot=fewshot, calibrate=getattr(t, "calibrate", True),
+        fewshot=fewshot, calibrate=getattr(t, "calibrate", True), calibration_texts=calibration,
     )
 
 
@@ -33,16 +36,19 @@ def sampling_params(m: InferenceManifest) -> SamplingParams:
         repetition_penalty=p.repetition_penalty if p.repetition_penalty is not None else defaults["repetition_penalty"],
         no_repeat_ngram_size=p.no_repeat_ngram_size if p.no_repeat_ngram_size is not None
         else defaults["no_repeat_ngram_size"],
-        stop=tuple(p.stop), seed=p.seed,
+        stop=tuple(p.stop), seed=p.seed, n=p.n,
     )
 
 
 def build_work(m: InferenceManifest, job_id: str, output: OutputLocation | None = None, *, run_id: str = "",
                id_type: str | None = None, retry_kinds: tuple[str, ...] = (),
                base_parts: dict[str, str] | None = None, fewshot: FewShotSpec | None = None) -> ShardWork:
-    """`fewshot`: the examples the pre-flight loaded (plan.examples), when task.examples names a file."""
+    """`fewshot`: the examples the pre-flight loaded (plan.examples), when task.examples names a file.
+    With an `output` (a job's run), `calibrate: batch` gets the job's calibration sample, read
+    here in the output's scope; without one, each worker call calibrates on its own rows."""
+    calibration = calibration_texts(m, output.scope) if output is not None and needs_sample(m) else None
     return ShardWork(
-        job_id=job_id, output=output or OutputLocation.at(m.output.uri), task=task_spec(m, fewshot),
+        job_id=job_id, output=output or OutputLocation.at(m.output.uri), task=task_spec(m, fewshot, calibration),
         sampling=sampling_params(m),
         id_column=m.input.id_column, text_column=m.input.text_column,
         language_column=getattr(m.task, "target_language_column", None),

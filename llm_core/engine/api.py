@@ -21,11 +21,15 @@ class Engine(Protocol):
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams,
         on_finished: Callable[[list[tuple[int, int]]], None] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         """Continue each prompt; returns, per prompt in input order, params.n completions.
 
         `on_finished([(prompt index, completion tokens), ...])` is called as prompts finish (all
-        their completions), so a caller shows progress without cutting the work into calls."""
+        their completions), so a caller shows progress without cutting the work into calls.
+        `seeds`: one per prompt (llm_core.engine.sampling.row_seed) in place of params.seed, so a
+        sampled prompt's completions do not depend on the others in the call (native engine;
+        transformers samples a batch from one generator and seeds the call with params.seed)."""
         ...
 
     def score(

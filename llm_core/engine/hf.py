@@ -59,7 +59,9 @@ class HFEngine:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                 on_finished: OnFinished | None = None) -> list[list[Completion]]:
+                 on_finished: OnFinished | None = None, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        # `seeds` (per prompt) cannot apply here: transformers draws a whole batch from one
+        # generator, so the call is seeded by params.seed and sampled rows depend on the batching.
         results: list[list[Completion]] = [[] for _ in prompts]
         progress = FinishedPrompts(params.n, on_finished)
         if params.seed is not None:

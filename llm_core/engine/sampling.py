@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.hashing import stable_json_sha256
+
+# A row's seed is cut to 60 bits so that seed + completion index stays within torch's 64-bit seeds.
+_ROW_SEED_BITS = 60
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # besides the tokenizer's EOS
     ignore_eos: bool = False  # benchmarks generate exactly max_new_tokens
     seed: int | None = None
-    n: int = 1  # completions per prompt
+    n: int = 1  # completions per prompt (completion j of a seeded prompt draws from seed + j)
 
     @property
     def greedy(self) -> bool:
@@ -44,3 +50,10 @@ class Completion:
     @property
     def completion_tokens(self) -> int:
         return len(self.token_ids)
+
+
+def row_seed(seed: int, row_id: Any) -> int:
+    """The seed of one input row: a hash of (the job's seed, the row's id), so a row's sampled
+    completions are the same whatever shard, batch or resume it is generated in, and rows with the
+    same text still draw differently. Ids are compared as the plan reads them (its id type)."""
+    return int(stable_json_sha256([seed, row_id]), 16) >> (256 - _ROW_SEED_BITS)

@@ -1,4 +1,5 @@
-"""Pick the generation engine for a model folder: native where supported, else transformers."""
+"""Pick the generation engine for a model folder: native where supported, else transformers;
+vLLM (an optional extra) only when asked for by name."""
 
 from __future__ import annotations
 
@@ -46,13 +47,34 @@ def load_engine(model_dir: str | Path, choice: str = "auto", device: str = "auto
         if quantization != "none":
             raise ValueError(f"quantization: {quantization} needs the native engine, but {why}")
         log.warning("engine.fallback_to_hf", model_dir=str(model_dir), reason=why)
+    elif choice == "vllm":
+        return _vllm_engine(model_dir, device, dtype, batch_size, max_batch_tokens, tokenizer, quantization,
+                            adapter_dir)
     elif choice != "hf":
-        raise ValueError(f"unknown engine {choice!r} (auto, native or hf)")
-    elif adapter_dir is not None:
-        raise ValueError("an adapter needs the native engine (it merges the adapter as it loads); "
-                         "engine: hf runs the model as it is (use engine: native or auto)")
-    elif quantization != "none":
-        raise ValueError(f"quantization: {quantization} is the native engine's; engine: hf runs unquantized "
-                         "(use engine: native or auto, or quantization: none)")
+        raise ValueError(f"unknown engine {choice!r} (auto, native, hf or vllm)")
+    else:
+        _refuse_native_only(choice, quantization, adapter_dir)
     return HFEngine(model_dir, device=device, dtype=dtype, batch_size=batch_size,
                     max_batch_tokens=max_batch_tokens, tokenizer=tokenizer)
+
+
+def _vllm_engine(model_dir: Path, device: str, dtype: str, batch_size: int, max_batch_tokens: int | None,
+                 tokenizer: ModelTokenizer, quantization: str, adapter_dir: str | Path | None):
+    """engine: vllm runs the model folder as it is: int8 and adapter merging are the native engine's."""
+    _refuse_native_only("vllm", quantization, adapter_dir)
+    # imported here: vllm_engine imports vLLM itself only when the engine is built
+    from llm_core.engine.vllm_engine import VllmEngine, require_vllm
+
+    require_vllm()
+    return VllmEngine(model_dir, device=device, dtype=dtype, batch_size=batch_size,
+                      max_batch_tokens=max_batch_tokens, tokenizer=tokenizer)
+
+
+def _refuse_native_only(choice: str, quantization: str, adapter_dir: str | Path | None) -> None:
+    """hf and vllm run the model folder as it is: int8 and adapter merging are the native engine's."""
+    if adapter_dir is not None:
+        raise ValueError("an adapter needs the native engine (it merges the adapter as it loads); "
+                         f"engine: {choice} runs the model as it is (use engine: native or auto)")
+    if quantization != "none":
+        raise ValueError(f"quantization: {quantization} is the native engine's; engine: {choice} runs unquantized "
+                         "(use engine: native or auto, or quantization: none)")

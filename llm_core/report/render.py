@@ -52,6 +52,31 @@ def _column(rows: pa.Table, name: str) -> list[Any] | None:
     return rows.column(name).to_pylist() if name in rows.column_names else None
 
 
+def _per_completion(counts: list[Any], reasons: list[Any] | None) -> tuple[list[Any], list[Any] | None]:
+    """Token counts (and finish reasons) one per completion: with params.n > 1 a row holds a
+    list of each, so its completions count one by one."""
+    if not any(isinstance(c, list) for c in counts):
+        return counts, reasons
+    flat_counts, flat_reasons = [], []
+    for i, row in enumerate(counts):
+        row_reasons = reasons[i] if reasons is not None else None
+        for j, tokens in enumerate(row or []):
+            flat_counts.append(tokens)
+            flat_reasons.append(row_reasons[j] if isinstance(row_reasons, list) and j < len(row_reasons) else None)
+    return flat_counts, flat_reasons if reasons is not None else None
+
+
+def _row_total(value: Any) -> Any:
+    return sum(v or 0 for v in value) if isinstance(value, list) else value
+
+
+def _shown(value: Any) -> Any:
+    """A row's outputs (or finish reasons) as one text: a list (params.n > 1) numbered."""
+    if not isinstance(value, list):
+        return value
+    return "\n".join(f"[{j + 1}] {item}" for j, item in enumerate(value))
+
+
 def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
@@ -68,7 +93,7 @@ def _length_section(rows: pa.Table, columns: ReportColumns) -> str:
     completion = _column(rows, columns.completion_tokens)
     if completion is None:
         return _note(f"No '{columns.completion_tokens}' column.")
-    reasons = _column(rows, columns.finish_reason)
+    completion, reasons = _per_completion(completion, _column(rows, columns.finish_reason))
     kept = [i for i, tokens in enumerate(completion) if tokens is not None]
     if not kept:
         return _note("No row has a token count.")
@@ -106,7 +131,7 @@ def _throughput_section(rows: pa.Table, columns: ReportColumns) -> str | None:
     completion = _column(rows, columns.completion_tokens)
     if finished is None or completion is None:
         return None
-    pairs = [(charts.to_epoch_seconds(f), c or 0) for f, c in zip(finished, completion) if f is not None]
+    pairs = [(charts.to_epoch_seconds(f), _row_total(c) or 0) for f, c in zip(finished, completion) if f is not None]
     if not pairs:
         return _note("No row has a finish time.")
     times, tokens = zip(*pairs)
@@ -138,11 +163,11 @@ def _sample_section(
     outputs = rows.column(columns.output).to_pylist()
     errors = _column(rows, columns.error) or [None] * count
     reasons = _column(rows, columns.finish_reason) or [None] * count
-    notes = [str(errors[i]) if errors[i] is not None else (reasons[i] or "") for i in picked]
+    notes = [str(errors[i]) if errors[i] is not None else (_shown(reasons[i]) or "") for i in picked]
     return tables.sample_table(
         [ids[i] for i in picked],
         [inputs[i] for i in picked] if inputs is not None else None,
-        [None if outputs[i] is None else str(outputs[i]) for i in picked],
+        [None if outputs[i] is None else str(_shown(outputs[i])) for i in picked],
         notes,
     )
 

@@ -114,6 +114,24 @@ def test_bad_rows_are_recorded_as_permanent_errors(ray_local, tmp_path, tiny_dir
     assert result.summary["error_rows"] == 3
 
 
+def test_several_completions_per_row_are_lists_the_same_in_any_shard_layout(ray_local, tmp_path, tiny_dir):
+    src = write_input(tmp_path / "in.parquet", rows=12, group=4)
+    params = {"max_new_tokens": 5, "n": 2, "temperature": 1.0, "seed": 3}
+    assert run_job(manifest(src, tmp_path / "a", tiny_dir, params=params)).ok
+    other = manifest(src, tmp_path / "b", tiny_dir, params=params,
+                     input={"uri": str(src), "rows_per_shard": 3}, resources={"workers": 1, "batch_size": 5})
+    result = run_job(other)
+    assert result.ok, result.error
+    a, b = ({r["id"]: r for r in snapshot_table(tmp_path / out).to_pylist()} for out in ("a", "b"))
+    assert sorted(a) == sorted(b) and len(a) == 12
+    for row_id, row in a.items():
+        assert row["error"] is None, row
+        assert len(row["summary"]) == 2 and len(row["finish_reason"]) == 2 and len(row["completion_tokens"]) == 2
+        assert row["summary"] == b[row_id]["summary"]  # 3 shards of 4 rows or 4 of 3: the same draws
+    assert result.summary["completion_tokens"] == sum(sum(r["completion_tokens"]) for r in b.values())
+    assert read_json(tmp_path / "b", MANIFEST)["fingerprint"]["params"]["n"] == 2
+
+
 def _corrupt_row_group(path: Path, group: int) -> None:
     """Overwrite the first data page header of one row group: its footer stays readable, so the
     job plans fine, but every attempt to read that shard fails."""

@@ -1,5 +1,6 @@
-"""Contextual calibration (llm_core.calibration) on known scores, and classify through the LLM facade
-on a tiny random Llama: calibrated or raw, with the row's own examples in the content-free prompts."""
+"""Calibration (llm_core.calibration) on known scores, and classify through the LLM facade on a tiny
+random Llama: batch-calibrated (the same labels whatever the split of the rows), content-free
+(the row's own examples in the content-free prompts) or raw."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import math
 
 import pytest
 
-from llm_core.calibration import (CONTENT_FREE_TEXTS, best_label, calibrated_scores, content_free_log_prior,
-                                  label_log_probs)
+from llm_core.calibration import (CALIBRATION_ROWS, CONTENT_FREE_TEXTS, best_label, calibrated_scores,
+                                  calibration_method, content_free_log_prior, label_log_probs, log_prior,
+                                  sample_indices)
 from llm_core.engine.sampling import SamplingParams
 from llm_core.fewshot import Example, FewShotSpec
 from llm_core.llm import LLM
@@ -56,6 +58,39 @@ def test_a_tie_goes_to_the_first_label():
     assert best_label([0.5, 0.5, 0.1]) == 0
 
 
+def test_batch_calibration_takes_away_what_every_row_shares():
+    # every row leans to label 0 by the prompt; divided by the rows' mean distribution
+    # [0.5, 0.3, 0.2], the second row goes to label 1 and the third to label 2
+    rows = [[math.log(0.7), math.log(0.2), math.log(0.1)], [math.log(0.45), math.log(0.45), math.log(0.1)],
+            [math.log(0.35), math.log(0.25), math.log(0.4)]]
+    prior = log_prior(rows)
+    assert [math.exp(x) for x in prior] == pytest.approx([0.5, 0.3, 0.2])
+    assert [best_label(r) for r in rows] == [0, 0, 2]
+    assert [best_label(calibrated_scores(r, prior)) for r in rows] == [0, 1, 2]
+    assert content_free_log_prior is log_prior
+
+
+@pytest.mark.parametrize("value, method", [(True, "batch"), ("batch", "batch"), ("content_free", "content_free"),
+                                           (False, None), (None, None)])
+def test_calibrate_settings_name_a_method(value, method):
+    assert calibration_method(value) == method
+    assert TaskSpec("classify", labels=LABELS, calibrate=value).calibrate == (method or False)
+
+
+@pytest.mark.parametrize("value", ["domain", "true", 1, 0])
+def test_an_unknown_calibrate_setting_is_refused(value):
+    with pytest.raises(ValueError, match="calibrate must be true, false or one of batch, content_free"):
+        TaskSpec("classify", labels=LABELS, calibrate=value)
+
+
+def test_the_calibration_sample_is_every_row_up_to_its_size_then_a_seeded_draw():
+    assert sample_indices(5) == [0, 1, 2, 3, 4]
+    drawn = sample_indices(10_000)
+    assert len(drawn) == CALIBRATION_ROWS == len(set(drawn)) and drawn == sorted(drawn)
+    assert drawn == sample_indices(10_000) and drawn != sample_indices(10_000, seed=1)
+    assert max(drawn) > 5_000  # spread over the rows, not the first ones
+
+
 @pytest.fixture(scope="module")
 def llm(tiny_dir):
     return LLM(tiny_dir, engine="native", batch_size=2)
@@ -64,22 +99,30 @@ def llm(tiny_dir):
 ROWS = ["a network daemon for routers", "small command line tools", "a python library", "mail server"]
 
 
-def expected_labels(llm, spec, rows, shots) -> list[str]:
-    """The choice computed from the engine's own scores of the prompts run_task builds."""
+def expected_labels(llm, spec, rows, shots, calibration_rows=None) -> list[str]:
+    """The choice computed from the engine's own scores of the prompts run_task builds;
+    batch calibration's prior from `calibration_rows` (no examples), else from `rows`."""
     end = list(llm.tokenizer.eos_token_ids[:1])
     continuations = [llm.tokenizer.encode(label) + end for label in spec.labels]
+    every = llm.engine.score([chat_ids(llm.tokenizer, spec, row, None, examples) for row, examples in zip(rows, shots)],
+                             continuations)
+    if spec.calibrate == "batch":
+        sample = every if calibration_rows is None else llm.engine.score(
+            [chat_ids(llm.tokenizer, spec, row, None) for row in calibration_rows], continuations)
+        prior = log_prior(sample)
     labels = []
-    for row, examples in zip(rows, shots):
-        [raw] = llm.engine.score([chat_ids(llm.tokenizer, spec, row, None, examples)], continuations)
-        if spec.calibrate:
+    for raw, examples in zip(every, shots):
+        if spec.calibrate == "content_free":
             free = llm.engine.score([chat_ids(llm.tokenizer, spec, t, None, examples) for t in CONTENT_FREE_TEXTS],
                                     continuations)
             raw = calibrated_scores(raw, content_free_log_prior(free))
+        elif spec.calibrate == "batch":
+            raw = calibrated_scores(raw, prior)
         labels.append(spec.labels[best_label(raw)])
     return labels
 
 
-@pytest.mark.parametrize("calibrate", [True, False])
+@pytest.mark.parametrize("calibrate", ["batch", "content_free", False])
 def test_classify_chooses_by_the_calibrated_or_the_raw_scores(llm, calibrate):
     spec = TaskSpec("classify", labels=LABELS, calibrate=calibrate)
     out = llm.run_task(spec, ROWS, SamplingParams())
@@ -88,10 +131,53 @@ def test_classify_chooses_by_the_calibrated_or_the_raw_scores(llm, calibrate):
     assert [r.output for r in chunked] == [r.output for r in out]
 
 
+SAMPLE = ("a daemon that routes mail", "python bindings for a C library", "command line tools to copy files",
+          "network time daemon", "fonts for the terminal")
+
+
+def test_batch_calibration_on_a_job_sample_gives_each_row_one_label_whatever_the_split(llm):
+    # a job's shards each call run_task on their own rows with the job's sample: a row's label
+    # must not depend on which rows share its call, how they are batched, or the order of calls
+    spec = TaskSpec("classify", labels=LABELS, calibration_texts=SAMPLE)
+    whole = [r.output for r in llm.run_task(spec, ROWS, SamplingParams())]
+    assert whole == expected_labels(llm, spec, ROWS, [()] * len(ROWS), calibration_rows=SAMPLE)
+    fresh = LLM(llm.model_dir, engine="native", batch_size=1)  # another worker, another batch size
+    split = [r.output for part in (ROWS[3:], ROWS[:1], ROWS[1:3]) for r in fresh.run_task(spec, part, SamplingParams())]
+    assert split[1:] + split[:1] == whole
+    one_by_one = [llm.run_task(spec, [row], SamplingParams(), on_batch=lambda *c: None)[0].output for row in ROWS]
+    assert one_by_one == whole
+    # without a sample, the prior is the call's own rows: the split then matters (why jobs send one)
+    assert [r.output for r in llm.run_task(TaskSpec("classify", labels=LABELS), ROWS, SamplingParams())] == \
+        expected_labels(llm, TaskSpec("classify", labels=LABELS), ROWS, [()] * len(ROWS))
+
+
+def test_the_batch_prior_is_measured_once_per_process_and_sample(llm, monkeypatch):
+    spec = TaskSpec("classify", labels=LABELS, calibration_texts=SAMPLE + ("  ",))  # a blank text is left out
+    calls: list[int] = []
+    real = llm.engine.score
+    monkeypatch.setattr(llm.engine, "score", lambda prompts, conts: calls.append(len(prompts)) or real(prompts, conts))
+    llm._batch_priors.clear()
+    llm.run_task(spec, ROWS[:2], SamplingParams())
+    llm.run_task(spec, ROWS[2:], SamplingParams())
+    assert calls == [2, len(SAMPLE), 2]
+    with pytest.raises(ValueError, match="calibration_texts holds no usable text"):
+        llm.run_task(TaskSpec("classify", labels=LABELS, calibration_texts=("", " ")), ROWS[:1], SamplingParams())
+
+
+def test_a_content_free_prompt_that_outgrows_the_limit_drops_an_example_not_its_end(llm):
+    pool = (Example("a router daemon for the network " * 4, "net"),)
+    spec = TaskSpec("classify", labels=LABELS, calibrate="content_free")
+    row = chat_ids(llm.tokenizer, spec, "x", None, pool)
+    ids = llm._content_free_prompt(spec, pool, "[MASK] [MASK]", len(row))
+    assert len(ids) <= len(row) and ids == chat_ids(llm.tokenizer, spec, "[MASK] [MASK]", None)
+    assert llm.tokenizer.decode(ids).endswith("assistant\n")
+
+
 def test_the_content_free_prompts_carry_the_rows_examples(llm, monkeypatch):
     pool = (Example("a router daemon", "net"), Example("python yaml parser", "python"),
             Example("file copy tool", "utils"))
-    spec = TaskSpec("classify", labels=LABELS, fewshot=FewShotSpec(pool, k=1, select="similar"))
+    spec = TaskSpec("classify", labels=LABELS, fewshot=FewShotSpec(pool, k=1, select="similar"),
+                    calibrate="content_free")
     seen: list = []
     real = llm.engine.score
     monkeypatch.setattr(llm.engine, "score", lambda prompts, conts: seen.extend(prompts) or real(prompts, conts))

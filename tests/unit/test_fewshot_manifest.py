@@ -65,9 +65,9 @@ def test_bad_examples_are_refused_naming_the_field(tmp_path, task, words):
 def test_good_examples_and_calibration_defaults(tmp_path):
     m = manifest(tmp_path, {"kind": "classify", "labels": ["net", "mail"],
                             "examples": [{"text": "a daemon", "output": "net"}]})
-    assert m.task.calibrate is True and m.task.examples.k == 3 and m.task.examples.select == "similar"
+    assert m.task.calibrate == "batch" and m.task.examples.k == 3 and m.task.examples.select == "similar"
     spec = task_spec(m)
-    assert spec.calibrate is True and spec.fewshot.examples == (Example("a daemon", "net"),)
+    assert spec.calibrate == "batch" and spec.fewshot.examples == (Example("a daemon", "net"),)
     off = manifest(tmp_path, {"kind": "classify", "labels": ["net", "mail"], "calibrate": False})
     assert task_spec(off).calibrate is False and task_spec(off).fewshot is None
     fr = manifest(tmp_path, {"kind": "translate", "target_language": "fr",

@@ -70,12 +70,16 @@ class ShardProcessor:
                                max_batch_tokens=max_batch_tokens, quantization=quantization, adapter_dir=adapter_dir)
             log.info("actor.model_loaded", model=model_ref, adapter=adapter_ref, engine=self.llm.engine.name,
                      device=self.llm.engine.device, load_s=round(time.perf_counter() - started, 2))
-        # Runners without per-batch progress (baseline, classifier head) report once per shard.
-        self._batches = "on_batch" in inspect.signature(self.llm.run_task).parameters
+        # Runners without per-batch progress (baseline, classifier head) report once per shard;
+        # those that sample (LLM) take the rows' ids for their per-row seeds.
+        accepted = inspect.signature(self.llm.run_task).parameters
+        self._batches, self._row_ids = "on_batch" in accepted, "row_ids" in accepted
 
     def _run_task(self, work: ShardWork, texts: list, languages: list | None,
-                  on_batch: BatchCallback | None) -> list[RowResult]:
+                  on_batch: BatchCallback | None, ids) -> list[RowResult]:
         extra = {"on_batch": on_batch} if on_batch is not None and self._batches else {}
+        if self._row_ids:  # the plan's id type (cast_ids): a row's seed is the same in every shard and run
+            extra["row_ids"] = ids.to_pylist()
         return self.llm.run_task(work.task, texts, work.sampling, max_input_tokens=work.max_input_tokens,
                                  on_long_input=work.on_long_input, target_languages=languages, **extra)
 
@@ -114,7 +118,7 @@ class ShardProcessor:
         texts = table.column(work.text_column).to_pylist()
         languages = table.column(work.language_column).to_pylist() if work.language_column else None
         t = time.perf_counter()
-        results = self._run_task(work, texts, languages, on_batch)
+        results = self._run_task(work, texts, languages, on_batch, ids)
         latency = (time.perf_counter() - t) / max(len(results), 1)
         return output_table(work, ids, results, latency), results
 
@@ -130,11 +134,13 @@ class ShardProcessor:
             return base, []
         texts = table.column(work.text_column).to_pylist()
         languages = table.column(work.language_column).to_pylist() if work.language_column else None
+        retried_ids = ids.take(pa.array(positions))
         t = time.perf_counter()
         results = self._run_task(work, [texts[i] for i in positions],
-                                 [languages[i] for i in positions] if languages is not None else None, on_batch)
+                                 [languages[i] for i in positions] if languages is not None else None, on_batch,
+                                 retried_ids)
         latency = (time.perf_counter() - t) / max(len(results), 1)
         attempts = base.column("attempts").to_pylist()
-        redone = output_table(work, ids.take(pa.array(positions)), results, latency,
+        redone = output_table(work, retried_ids, results, latency,
                               attempts=[int(attempts[i] or 1) + 1 for i in positions])
         return merge_retried(base, positions, redone), results

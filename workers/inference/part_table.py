@@ -3,6 +3,10 @@
 Columns: the input id (cast to the plan's `id_type`), the task's output column, `error`,
 `error_kind` ("permanent" / "retriable" / null), `attempts` (1 on the first run, +1 per retry),
 `finish_reason`, token counts, `latency_s`, `finished_at`.
+
+With params.n > 1 (several completions per row) the output column, `finish_reason` and
+`completion_tokens` are lists of n, completion by completion; an error row has no output (null),
+and null lists where nothing was generated.
 """
 
 from __future__ import annotations
@@ -43,18 +47,37 @@ def cast_ids(ids: pa.ChunkedArray | pa.Array, id_type: str | None, where: str) -
         raise ValueError(f"{where}: id column of type {ids.type} cannot be cast to the plan's {id_type}: {exc}") from None
 
 
+def _per_completion(results: list[RowResult], several: bool) -> dict[str, pa.Array]:
+    """The output, finish_reason and completion_tokens columns: one value per row, or with
+    several completions per row a list per row (null for an error row's output)."""
+    if not several:
+        return {"output": pa.array([r.output for r in results], pa.string()),
+                "finish_reason": pa.array([r.finish_reason for r in results], pa.string()),
+                "completion_tokens": pa.array([r.completion_tokens for r in results], pa.int32())}
+    samples = [r.samples for r in results]
+    return {
+        "output": pa.array([[s.text for s in ss] if ss and r.error is None else None
+                            for r, ss in zip(results, samples)], pa.list_(pa.string())),
+        "finish_reason": pa.array([[s.finish_reason for s in ss] if ss else None for ss in samples],
+                                  pa.list_(pa.string())),
+        "completion_tokens": pa.array([[s.completion_tokens for s in ss] if ss else None for ss in samples],
+                                      pa.list_(pa.int32())),
+    }
+
+
 def output_table(work: ShardWork, ids, results: list[RowResult], latency_s: float,
                  attempts: list[int] | None = None) -> pa.Table:
     n = len(results)
+    columns = _per_completion(results, work.sampling.n > 1)
     return pa.table({
         work.id_column: ids,
-        work.task.output_column: pa.array([r.output for r in results], pa.string()),
+        work.task.output_column: columns["output"],
         "error": pa.array([r.error for r in results], pa.string()),
         "error_kind": pa.array([error_kind(r) for r in results], pa.string()),
         "attempts": pa.array(attempts if attempts is not None else [1] * n, pa.int32()),
-        "finish_reason": pa.array([r.finish_reason for r in results], pa.string()),
+        "finish_reason": columns["finish_reason"],
         "prompt_tokens": pa.array([r.prompt_tokens for r in results], pa.int32()),
-        "completion_tokens": pa.array([r.completion_tokens for r in results], pa.int32()),
+        "completion_tokens": columns["completion_tokens"],
         # The batch's generation time per row: the report draws latency and throughput from it.
         "latency_s": pa.array([latency_s] * n, pa.float32()),
         "finished_at": pa.array([time.time()] * n, pa.float64()),

@@ -4,7 +4,8 @@ very same run and `retry_errors` only redoes rows of it.
 `{"input": [{"uri", "size", "version"}...], "model": <model identity>, "engine", "task", "params",
 "columns": {id, text, language}, "id_type"}`, and `"adapter": <adapter identity>` when the job
 applies a LoRA adapter (workers.adapter_folder: its files' hashes, as a model's), so a resume
-with a changed adapter is refused naming the file that changed. An input file's version is its
+with a changed adapter is refused naming the file that changed. `params.n` (completions per row)
+is there only when it is not 1, so the runs of jobs from before it existed keep their fingerprints. An input file's version is its
 S3 ETag, or its local mtime in nanoseconds: a file rewritten in place changes it even at the
 same size. The model identity (workers.model_identity) hashes the config and weight files, so a
 model re-published behind the same URI changes it too.
@@ -26,6 +27,8 @@ def run_fingerprint(*, files: list[FileRef], model: dict, engine: str, task: dic
                     columns: dict, id_type: str, adapter: dict | None = None) -> dict:
     """The fingerprint as plain JSON data (what `_manifest.json` and the markers hold). Without
     an adapter the key is absent, so the runs of jobs without one keep their fingerprints."""
+    if params.get("n") == 1:  # one completion per row, as before params.n existed
+        params = {k: v for k, v in params.items() if k != "n"}
     fp = {
         "input": [{"uri": f.uri, "size": f.size, "version": f.version} for f in sorted(files, key=lambda f: f.uri)],
         "model": model, "engine": engine, "task": task, "params": params, "columns": columns, "id_type": id_type,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cluster import storage
@@ -16,6 +17,13 @@ def to_parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None) ->
     pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **extra}), sink,
                    compression="zstd")
     return sink.getvalue().to_pybytes()
+
+
+def column_total(column: pa.ChunkedArray | pa.Array) -> int:
+    """The sum of a count column: per row, or per completion (a list per row when params.n > 1)."""
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        column = pc.list_flatten(column)
+    return int(pc.sum(column).as_py() or 0)
 
 
 def read_parquet(uri: str, columns: list[str] | None, scope: Scope | None) -> pa.Table:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import structlog
 
 from cluster import storage
@@ -28,7 +27,7 @@ from workers.output.layout import (
     DATA_DIR, ERRORS_DIR, PARTIAL_FILE, SNAPSHOT_FORMAT, SUCCESS_FILE, errors_path, is_ours, new_snapshot_id,
     parse_part_path,
 )
-from workers.output.parquet_io import arrow_type, read_columns_present, to_parquet_bytes
+from workers.output.parquet_io import arrow_type, column_total, read_columns_present, to_parquet_bytes
 
 log = structlog.get_logger()
 
@@ -38,7 +37,7 @@ STAT_COLUMNS = ("error", "error_kind", "attempts", "prompt_tokens", "completion_
 
 
 def _sum(table: pa.Table, name: str) -> int:
-    return int(pc.sum(table.column(name)).as_py() or 0) if name in table.column_names else 0
+    return column_total(table.column(name)) if name in table.column_names else 0
 
 
 def _file_entry(path: str, shard_id: str, table: pa.Table, size: int) -> dict:

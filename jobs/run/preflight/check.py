@@ -16,6 +16,7 @@ from cluster import storage
 from jobs.manifest import InferenceManifest, TrainingManifest
 from jobs.manifest.uri_fields import manifest_uris, model_refs
 from jobs.run.preflight.adapter import check_adapter
+from jobs.run.preflight.engine import check_engine
 from jobs.run.preflight.inputs import check_input, check_readable
 from jobs.run.preflight.model import check_model, model_dir_on_node
 from jobs.run.preflight.output import check_output, overlap_problems, probe_problem
@@ -47,6 +48,7 @@ def _inference(m: InferenceManifest, scope: storage.Scope, probe: bool, sample_r
     check_input(m, plan, scope)
     overlap = overlap_problems(m.input.uri, plan.files, m.output.uri)
     plan.problems += overlap
+    check_engine(m.engine, plan)
     identity = None
     if m.engine != "baseline":  # the model-free baselines never load `model:`
         identity = check_model(m.model, plan, scope)

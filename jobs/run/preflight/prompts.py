@@ -117,8 +117,8 @@ def check_prompts(m: InferenceManifest, plan: Plan, model_dir: Path | None, n: i
     plan.est_prompt_tokens = round(sum(min(x, limit) for x in prompted) / len(prompted) * plan.rows) if prompted else 0
     if spec.kind == TaskKind.CLASSIFY:
         plan.est_completion_tokens = round(sum(label_tokens) / len(label_tokens) * plan.rows)
-    else:  # an upper bound: rows that stop early take fewer
-        plan.est_completion_tokens = m.params.max_new_tokens * plan.rows
+    else:  # an upper bound: rows that stop early take fewer; params.n completions each
+        plan.est_completion_tokens = m.params.max_new_tokens * m.params.n * plan.rows
 
 
 def _with_examples(m: InferenceManifest, spec: TaskSpec, plan: Plan, tokenizer: ModelTokenizer,
@@ -184,7 +184,7 @@ def _estimate_by_characters(m: InferenceManifest, spec: TaskSpec, plan: Plan, ro
         per_row = sum(len(label) / CHARS_PER_TOKEN + 1 for label in spec.labels) / len(spec.labels)
         plan.est_completion_tokens = round(per_row * plan.rows)
     else:
-        plan.est_completion_tokens = m.params.max_new_tokens * plan.rows
+        plan.est_completion_tokens = m.params.max_new_tokens * m.params.n * plan.rows
 
 
 def _example_chars(spec: TaskSpec, rows: list) -> float:

@@ -86,14 +86,18 @@ class NativeEngine:
 
     @torch.inference_mode()
     def generate(self, prompts: Seq[Seq[int]], params: SamplingParams,
-                 on_finished: Callable[[list[tuple[int, int]]], None] | None = None) -> list[list[Completion]]:
+                 on_finished: Callable[[list[tuple[int, int]]], None] | None = None,
+                 seeds: Seq[int] | None = None) -> list[list[Completion]]:
         self._check_prompts(prompts)
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         if params.max_new_tokens <= 0:
             return [[Completion([], "", "length", len(p)) for _ in range(params.n)] for p in prompts]
         if not prompts:
             return []
         seqs = [
-            Sequence(p, params, i, j, self.device) for i, p in enumerate(prompts) for j in range(params.n)
+            Sequence(p, params, i, j, self.device, None if seeds is None else seeds[i])
+            for i, p in enumerate(prompts) for j in range(params.n)
         ]
         for seq, prefix in zip(seqs, self._cached_prefixes([s.prompt for s in seqs])):
             seq.prefix = prefix

@@ -10,8 +10,9 @@ from llm_core.engine.sampling import SamplingParams
 class Sequence:
     def __init__(
         self, prompt: list[int], params: SamplingParams, prompt_index: int, sample_index: int,
-        device: str,
+        device: str, seed: int | None = None,
     ):
+        """`seed`: the prompt's own (a row's, llm_core.engine.sampling.row_seed); default params.seed."""
         self.prompt = list(prompt)
         self.params = params
         self.prompt_index = prompt_index
@@ -25,11 +26,12 @@ class Sequence:
         self.stop_scan_from = 0  # length of output text already searched for stop strings
         self.ngram_index: dict | None = None  # built lazily by the sampler
         self.generator = None
-        if not params.greedy and params.seed is not None:
+        seed = params.seed if seed is None else seed
+        if not params.greedy and seed is not None:
             # A private generator per seeded completion makes its output independent of batching;
             # unseeded rows share the default generator (one batched draw per step, see sampler).
             self.generator = torch.Generator(device=device)
-            self.generator.manual_seed(params.seed + sample_index)
+            self.generator.manual_seed(seed + sample_index)
 
     @property
     def tokens(self) -> list[int]:
