@@ -14,8 +14,9 @@ counts. Greedy outputs are compared token for token with transformers of the sam
 last line is `speedup=<best native tok/s / best other engine's tok/s>`.
 
 `--busy N` runs N CPU-burning processes beside both engines during the timed runs (a busy
-node); `--omp-wait` is how idle OpenMP threads wait (passive, as the inference actor sets it, see
-llm_core/threads.py; `default` is libgomp's spin-then-sleep), set before torch loads.
+node); `--omp-wait` is how idle OpenMP threads wait (bounded, as the inference actor sets it:
+a short spin, then sleep; passive sleeps at once; `default` is libgomp's long spin; see
+llm_core/threads.py), set before torch loads.
 
 Warm-up runs at the timed lengths (same prompts, same max_new_tokens), so no timed run
 allocates a larger KV cache or captures CUDA graphs: see warmup_prompts.
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llm_core.engine.native import NativeEngine  # noqa: E402
 from llm_core.engine.hf import HFEngine  # noqa: E402
 from llm_core.engine.sampling import SamplingParams  # noqa: E402
-from llm_core.threads import WAIT_POLICIES, thread_env  # noqa: E402
+from llm_core.threads import WAIT_POLICIES, WAIT_VARIABLES, current_policy, thread_env  # noqa: E402
 
 PROMPT = "Summarize the following Debian package description in one sentence:\n\n{text}"
 
@@ -146,7 +147,8 @@ class VllmProcess:
         self.proc = subprocess.Popen(
             [python, str(script), "--model", str(model_dir), "--prompts", self.prompt_file.name,
              "--max-new-tokens", str(new_tokens), "--dtype", dtype, "--max-num-seqs", str(max_num_seqs)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=vllm_env())
         self.dtype = dtype
         if not self._reply().get("ready"):
             raise RuntimeError("vLLM did not start (its output is above)")
@@ -171,6 +173,14 @@ class VllmProcess:
         os.unlink(self.prompt_file.name)
 
 
+def vllm_env() -> dict[str, str]:
+    """vLLM as a user runs it: without our OpenMP wait settings (--omp-wait is for our engines),
+    its engine core in this process (its separate worker process fails to start on some CPU
+    hosts, "WorkerProc initialization failed"; llm_core's vllm engine does the same)."""
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
+    return {**env, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
 def timed(engine, prompts, params) -> tuple[float, list[list[int]]]:
     _sync(engine.device)
     start = time.perf_counter()
@@ -182,9 +192,10 @@ def timed(engine, prompts, params) -> tuple[float, list[list[int]]]:
 def reexec_with_wait_policy(policy: str) -> None:
     """libgomp read OMP_WAIT_POLICY when torch loaded (above): run again with it set as asked."""
     env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)
+    for key in WAIT_VARIABLES:
+        env.pop(key, None)
     env.update(thread_env(policy=policy))
-    if env.get("OMP_WAIT_POLICY") != os.environ.get("OMP_WAIT_POLICY"):
+    if any(env.get(key) != os.environ.get(key) for key in WAIT_VARIABLES):
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
@@ -217,8 +228,8 @@ def main() -> None:
     ap.add_argument("--quantization", choices=["none", "int8"], default="none", help="native engine weights")
     ap.add_argument("--no-prefix-caching", action="store_true", help="native engine: recompute shared prompt prefixes")
     ap.add_argument("--busy", type=int, default=0, help="CPU-burning processes beside the timed runs")
-    ap.add_argument("--omp-wait", choices=WAIT_POLICIES, default="passive",
-                    help="how idle OpenMP threads wait (the inference actor's: passive)")
+    ap.add_argument("--omp-wait", choices=WAIT_POLICIES, default="bounded",
+                    help="how idle OpenMP threads wait (the inference actor's: bounded)")
     args = ap.parse_args()
     reexec_with_wait_policy(args.omp_wait)
     if args.threads:
@@ -277,7 +288,7 @@ def main() -> None:
     prompt_tokens = sum(len(p) for p in prompts)
     print(f"\nmodel={args.model} ({model_dir}) device={args.device} prompts={count} prompt_tokens={prompt_tokens} "
           f"new_tokens/prompt={new_tokens} threads={torch.get_num_threads()} busy={args.busy} "
-          f"omp_wait={os.environ.get('OMP_WAIT_POLICY', 'default')} repeats={args.repeats} (best of)")
+          f"omp_wait={current_policy()} repeats={args.repeats} (best of)")
     print(f"| engine | dtype | wall s | gen tok/s | total tok/s | greedy match vs transformers |")
     print("|---|---|---|---|---|---|")
     rate = {}

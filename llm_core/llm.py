@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,13 @@ class _Counts:
             self._report()
 
 
+def batch_prior_digest(spec: TaskSpec) -> str:
+    """What the batch prior depends on in the spec (its prompts' parts and the calibration
+    texts), as one short digest: the few-shot pool and 256 texts are hashed once, not per batch."""
+    parts = (spec.labels, spec.instructions, spec.system_prompt, spec.fewshot, spec.calibration_texts)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
 class LLM:
     def __init__(self, model_dir: str | Path, engine: str = "auto", device: str = "auto",
                  dtype: str = "auto", batch_size: int = 16, max_batch_tokens: int | None = None,
@@ -92,7 +100,9 @@ class LLM:
         self.engine = load_engine(self.model_dir, engine, device, dtype, batch_size, max_batch_tokens,
                                   self.tokenizer, quantization, adapter_dir=adapter_dir)
         self._short_examples: dict[tuple[Example, int], Example] = {}
-        self._batch_priors: dict[tuple, list[float]] = {}  # calibrate batch (_batch_prior)
+        self._batch_priors: dict[tuple[str, int], list[float]] = {}  # calibrate batch (_batch_prior)
+        self._prior_spec: TaskSpec | None = None  # the spec _batch_prior saw last, and its digest
+        self._prior_digest = ""
 
     def _shortened(self, examples: tuple[Example, ...], max_tokens: int) -> tuple[Example, ...]:
         """Examples cut to the task's token cap, each once per process (a pool serves many shards)."""
@@ -225,7 +235,9 @@ class LLM:
         many shards of one job). Without calibration_texts: of this call's rows."""
         if spec.calibration_texts is None:
             return log_prior(call_scores)
-        key = (spec.labels, spec.instructions, spec.system_prompt, spec.fewshot, spec.calibration_texts, max_input)
+        if spec is not self._prior_spec:  # a spec arrives once per shard: its digest, not per batch
+            self._prior_spec, self._prior_digest = spec, batch_prior_digest(spec)
+        key = (self._prior_digest, max_input)
         if key not in self._batch_priors:
             texts = list(spec.calibration_texts)
             _, good = screen_rows(spec, texts)

@@ -119,7 +119,8 @@ def _run_slot(manifest, run: Run, plan: Plan, fingerprint: dict, slot, lease, ra
 
     deadline = started + manifest.timeout_s if manifest.timeout_s else None
     work = build_work(manifest, run.job_id, output, run_id=slot.run_id, id_type=plan.id_type,
-                      retry_kinds=start.retry_kinds, base_parts=start.base_parts, fewshot=plan.examples)
+                      retry_kinds=start.retry_kinds, base_parts=start.base_parts, fewshot=plan.examples,
+                      file_rows=plan.file_rows().items())
     outcome = (_run_pool(manifest, run, plan, work, start.todo, rows, ray_address, cancel, deadline)
                if start.todo else PoolOutcome())
     if outcome.cancelled:

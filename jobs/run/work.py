@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from jobs.manifest import InferenceManifest
 from jobs.run.calibration import calibration_texts, needs_sample
 from jobs.run.examples import fewshot_spec
@@ -42,11 +44,15 @@ def sampling_params(m: InferenceManifest) -> SamplingParams:
 
 def build_work(m: InferenceManifest, job_id: str, output: OutputLocation | None = None, *, run_id: str = "",
                id_type: str | None = None, retry_kinds: tuple[str, ...] = (),
-               base_parts: dict[str, str] | None = None, fewshot: FewShotSpec | None = None) -> ShardWork:
+               base_parts: dict[str, str] | None = None, fewshot: FewShotSpec | None = None,
+               file_rows: Iterable[tuple[str, int]] | None = None) -> ShardWork:
     """`fewshot`: the examples the pre-flight loaded (plan.examples), when task.examples names a file.
     With an `output` (a job's run), `calibrate: batch` gets the job's calibration sample, read
-    here in the output's scope; without one, each worker call calibrates on its own rows."""
-    calibration = calibration_texts(m, output.scope) if output is not None and needs_sample(m) else None
+    here in the output's scope; without one, each worker call calibrates on its own rows.
+    `file_rows`: the input files' rows the pre-flight found (Plan.file_rows), so the sample
+    opens only the files it draws from."""
+    calibration = (calibration_texts(m, output.scope, file_rows=file_rows)
+                   if output is not None and needs_sample(m) else None)
     return ShardWork(
         job_id=job_id, output=output or OutputLocation.at(m.output.uri), task=task_spec(m, fewshot, calibration),
         sampling=sampling_params(m),

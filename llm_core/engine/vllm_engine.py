@@ -26,6 +26,7 @@ import structlog
 import torch
 
 from llm_core.device import pick_device, pick_dtype
+from llm_core.engine.ngram import NgramIndex
 from llm_core.engine.progress import FinishedPrompts, OnFinished
 from llm_core.engine.sampling import Completion, SamplingParams
 from llm_core.engine.stops import truncate_at_stop
@@ -66,26 +67,16 @@ def cpu_kv_cache_bytes(cap: int = 4 << 30, share: float = 0.25) -> int:
 
 
 class NgramBan:
-    """One request's no-repeat-ngram rule (the native engine's, llm_core.engine.native.sampler):
-    a token that would complete an n-gram already in prompt + output is banned. The index of
-    seen n-grams grows with the output instead of being rebuilt each step."""
+    """One request's no-repeat-ngram rule (llm_core.engine.ngram, the native engine's): a token
+    that would complete an n-gram already in prompt + output is banned."""
 
     def __init__(self, n: int):
-        self.n = n
-        self.upto = 0
-        self.next: dict[tuple[int, ...], set[int]] = {}
+        self.index = NgramIndex(n)
 
     def __call__(self, prompt_ids: list[int], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-        tokens = list(prompt_ids) + list(output_ids)
-        n = self.n
-        if len(tokens) + 1 < n:
-            return logits
-        for end in range(max(self.upto, n), len(tokens) + 1):
-            self.next.setdefault(tuple(tokens[end - n:end - 1]), set()).add(tokens[end - 1])
-        self.upto = len(tokens) + 1
-        banned = self.next.get(tuple(tokens[len(tokens) - n + 1:]))
+        banned = self.index.banned(list(prompt_ids) + list(output_ids))
         if banned:
-            logits[list(banned)] = float("-inf")
+            logits[banned] = float("-inf")
         return logits
 
 

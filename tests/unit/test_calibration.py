@@ -6,8 +6,17 @@ from __future__ import annotations
 
 import math
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from cluster import storage
+from jobs.manifest import parse_manifest
+from jobs.run import calibration as job_calibration
+from jobs.run.preflight.inputs import check_input
+from jobs.run.preflight.plan import Plan
+from jobs.run.work import build_work
+from llm_core import llm as llm_module
 from llm_core.calibration import (CALIBRATION_ROWS, CONTENT_FREE_TEXTS, best_label, calibrated_scores,
                                   calibration_method, content_free_log_prior, label_log_probs, log_prior,
                                   sample_indices)
@@ -16,6 +25,7 @@ from llm_core.fewshot import Example, FewShotSpec
 from llm_core.llm import LLM
 from llm_core.prompting import chat_ids
 from llm_core.tasks import TaskSpec
+from workers.output.location import OutputLocation
 
 LABELS = ("net", "utils", "python")
 
@@ -164,6 +174,27 @@ def test_the_batch_prior_is_measured_once_per_process_and_sample(llm, monkeypatc
         llm.run_task(TaskSpec("classify", labels=LABELS, calibration_texts=("", " ")), ROWS[:1], SamplingParams())
 
 
+def test_the_batch_prior_digests_each_spec_once_and_scores_each_sample_once(llm, monkeypatch):
+    # a shard's many calls share one spec object: its pool and sample are digested once, not per call
+    digests: list[TaskSpec] = []
+    real_digest = llm_module.batch_prior_digest
+    monkeypatch.setattr(llm_module, "batch_prior_digest", lambda spec: digests.append(spec) or real_digest(spec))
+    scored: list[int] = []
+    real = llm.engine.score
+    monkeypatch.setattr(llm.engine, "score", lambda prompts, conts: scored.append(len(prompts)) or real(prompts, conts))
+    llm._batch_priors.clear()
+    spec = TaskSpec("classify", labels=LABELS, calibration_texts=SAMPLE)
+    first = [llm.run_task(spec, [row], SamplingParams())[0].output for row in ROWS]
+    assert len(digests) == 1 and scored == [1, len(SAMPLE), 1, 1, 1]
+    same = TaskSpec("classify", labels=LABELS, calibration_texts=SAMPLE)  # the next shard's copy
+    assert [r.output for r in llm.run_task(same, ROWS, SamplingParams())] == first
+    assert len(digests) == 2 and scored[5:] == [len(ROWS)]  # digested again, the prior kept
+    other = TaskSpec("classify", labels=LABELS, calibration_texts=SAMPLE[:3])  # another job
+    llm.run_task(other, ROWS[:1], SamplingParams())
+    llm.run_task(other, ROWS[1:2], SamplingParams())
+    assert len(digests) == 3 and scored[6:] == [1, 3, 1]
+
+
 def test_a_content_free_prompt_that_outgrows_the_limit_drops_an_example_not_its_end(llm):
     pool = (Example("a router daemon for the network " * 4, "net"),)
     spec = TaskSpec("classify", labels=LABELS, calibrate="content_free")
@@ -190,3 +221,38 @@ def test_the_content_free_prompts_carry_the_rows_examples(llm, monkeypatch):
     assert len(free) == 2 * len(CONTENT_FREE_TEXTS)
     assert all("a router daemon" in text for text in free[:3]) and all("python yaml" in text for text in free[3:])
     assert all("[MASK]" in text for text in (free[2], free[5]))
+
+
+def test_a_jobs_sample_opens_only_the_files_holding_its_rows(tmp_path, monkeypatch):
+    # the pre-flight plan knows each file's rows: the draw needs no other file opened
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in range(8):
+        texts = [f"file {f} row {i}" for i in range(40)]
+        pq.write_table(pa.table({"id": [f * 100 + i for i in range(40)], "text": texts}),
+                       folder / f"{f}.parquet", row_group_size=16)
+    m = parse_manifest({"name": "t", "task": {"kind": "classify", "labels": ["net", "mail"]},
+                        "input": {"uri": str(folder)}, "output": {"uri": str(tmp_path / "out")}})
+    plan = Plan()
+    check_input(m, plan, None)
+    file_rows = list(plan.file_rows().items())
+    assert [rows for _, rows in file_rows] == [40] * 8
+    drawn = sample_indices(8 * 40, 3)
+    holding = sorted({str(folder / f"{i // 40}.parquet") for i in drawn})
+    opened: list[str] = []
+    real = storage.open_input
+    monkeypatch.setattr(storage, "open_input", lambda uri, scope=None: opened.append(uri) or real(uri, scope=scope))
+    texts = job_calibration.calibration_texts(m, None, k=3, file_rows=file_rows)
+    assert sorted(opened) == holding and len(holding) < 8
+    assert texts == tuple(f"file {i // 40} row {i % 40}" for i in drawn)
+    opened.clear()
+    assert job_calibration.calibration_texts(m, None, k=3) == texts  # counted from every file: the same draw
+    assert len(opened) == 8
+    opened.clear()
+    work = build_work(m, "job", OutputLocation.at(str(tmp_path / "out")), file_rows=file_rows)
+    assert len(work.task.calibration_texts) == CALIBRATION_ROWS and len(opened) == 8  # 256 of 320: every file
+    opened.clear()
+    small = [(uri, rows) for uri, rows in file_rows[:2]]  # counts as given: the files past them untouched
+    assert job_calibration.calibration_texts(m, None, file_rows=small) == tuple(
+        f"file {f} row {i}" for f in range(2) for i in range(40))
+    assert sorted(opened) == [uri for uri, _ in small]

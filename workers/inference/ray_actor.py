@@ -3,14 +3,15 @@
 Threaded (two calls at a time) so that `progress()` answers while `process()` works on a
 shard: the pool reads each shard's rows, errors and tokens batch by batch.
 
-Its process starts with OMP_WAIT_POLICY=PASSIVE (the runtime_env below, merged by Ray with the
-job's): libgomp reads it once, when torch loads, and idle OpenMP threads that spin instead of
-sleeping slow the engine down many times over on a busy node (llm_core/threads.py).
+Its process starts with a bounded OpenMP spin (GOMP_SPINCOUNT, the runtime_env below, merged by
+Ray with the job's; the driver's own OMP_WAIT_POLICY / GOMP_SPINCOUNT instead when the user set them): libgomp reads it once, when torch loads; idle threads that spin without end
+slow the engine down many times over on a busy node, threads that sleep at once slow every step
+on an idle one (llm_core/threads.py).
 """
 
 from __future__ import annotations
 
-from llm_core.threads import thread_env
+from llm_core.threads import worker_env
 from workers.inference.actor import ShardProcessor
 from workers.inference.shard_task import ShardReport, ShardWork
 from workers.inference.shards import Shard
@@ -21,7 +22,7 @@ def make_actor_class():
     import ray
 
     @ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2,
-                runtime_env={"env_vars": thread_env()})
+                runtime_env={"env_vars": worker_env()})
     class InferenceActor:
         def __init__(self, s3_settings, scope, *args, log_file: str | None = None, **kwargs):
             from cluster import logs, storage

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from llm_core.device import pick_device
 from llm_core.engine.native.batcher import ContinuousBatcher
 from llm_core.engine.native.model_runner import ModelRunner
+from llm_core.engine.native.packed_linear import pack_linears
 from llm_core.engine.native.quantize import quantize_model
 from llm_core.engine.native.prefix_cache import CachedPrefix, PrefixCache
 from llm_core.engine.native.sampler import sample
@@ -60,6 +61,7 @@ class NativeEngine:
         self.dtype = self.model.embed_tokens.weight.dtype
         self.quantization = quantization
         quantize_model(self.model, quantization)  # int8: weight-only, activations keep self.dtype
+        pack_linears(self.model)  # bf16 on CPU: weights in oneDNN's layout once, not per call
         self.tokenizer = tokenizer or read_tokenizer_file(model_dir)
         self.eos_token_ids = eos_token_ids(model_dir, self.config.eos_token_ids, self.tokenizer)
         self.max_context = self.config.max_position_embeddings
@@ -105,7 +107,9 @@ class NativeEngine:
         cache = self.runner.ensure_cache(min(longest, self.max_context))
         # Admission: no more running sequences than the cache has slots (fewer on a full GPU).
         batcher = ContinuousBatcher(cache.num_slots, self.max_batch_tokens)
-        for seq in seqs:
+        # Shortest prompts first, so neighbouring slots hold similar lengths and each group of
+        # slots reads the KV cache only up to its own longest sequence (DecodeAttention).
+        for seq in sorted(seqs, key=lambda s: len(s.prompt)):
             batcher.add(seq)
         history = None
         if params.repetition_penalty != 1.0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from llm_core.engine.native.attention import DecodeAttention, PrefillAttention
+from llm_core.engine.native.attention import DecodeAttention, PrefillAttention, length_groups
 from llm_core.engine.native.cache_plan import activation_reserve, kv_bytes_per_token, plan_cache
 from llm_core.engine.native.cuda_graphs import DecodeGraphs
 from llm_core.engine.native.kv_cache import KVCache
@@ -19,6 +19,10 @@ from llm_core.engine.native.prefix_cache import CachedPrefix, PrefixCapture
 from llm_core.engine.native.transfer import to_device
 from llm_core.models.config import ModelConfig
 from llm_core.models.llama import LlamaForCausalLM
+
+# Slots per decode attention group (eager decode; attention.DecodeAttention): small enough that a
+# group's longest sequence is close to its others, large enough that the calls stay few.
+DECODE_GROUP_SLOTS = 16
 
 
 class ModelRunner:
@@ -108,6 +112,6 @@ class ModelRunner:
         pos = to_device(positions, self.device, torch.long)
         length = max(positions) + 1
         mask = (torch.arange(length, device=self.device)[None, :] <= pos[:, None])[:, None, None, :]
-        backend = DecodeAttention(self.cache, pos, mask, length)
+        backend = DecodeAttention(self.cache, pos, mask, length, length_groups(positions, DECODE_GROUP_SLOTS))
         hidden = self.model(input_ids, pos, backend)
         return self.model.compute_logits(hidden).float()

@@ -16,6 +16,7 @@ import torch
 
 from llm_core.engine.native.sequence import Sequence
 from llm_core.engine.native.transfer import to_device
+from llm_core.engine.ngram import NgramIndex
 
 
 def apply_repetition_penalty(logits: torch.Tensor, penalties: torch.Tensor, history: torch.Tensor) -> None:
@@ -29,19 +30,9 @@ def apply_repetition_penalty(logits: torch.Tensor, penalties: torch.Tensor, hist
 
 def banned_ngram_tokens(seq: Sequence) -> list[int]:
     """Tokens that would repeat an n-gram already present in prompt + output."""
-    n = seq.params.no_repeat_ngram_size
-    tokens = seq.tokens
-    if len(tokens) + 1 < n:
-        return []
-    index = seq.ngram_index
-    if index is None:
-        index = seq.ngram_index = {"upto": 0, "next": {}}
-    # Extend the index with the n-grams completed since the last step.
-    for end in range(max(index["upto"], n), len(tokens) + 1):
-        prefix = tuple(tokens[end - n : end - 1])
-        index["next"].setdefault(prefix, set()).add(tokens[end - 1])
-    index["upto"] = len(tokens) + 1
-    return list(index["next"].get(tuple(tokens[len(tokens) - n + 1 :]), ()))
+    if seq.ngram_index is None:  # kept on the sequence: each step indexes only its new n-grams
+        seq.ngram_index = NgramIndex(seq.params.no_repeat_ngram_size)
+    return seq.ngram_index.banned(seq.tokens)
 
 
 def apply_no_repeat_ngram(logits: torch.Tensor, seqs: list[Sequence]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from llm_core.engine.ngram import NgramIndex
 from llm_core.engine.sampling import SamplingParams
 
 
@@ -24,7 +25,7 @@ class Sequence:
         self.stopped_by_token = False  # EOS or a stop token ended it (that token is not returned)
         self.text: str | None = None  # set when a stop string cut the output
         self.stop_scan_from = 0  # length of output text already searched for stop strings
-        self.ngram_index: dict | None = None  # built lazily by the sampler
+        self.ngram_index: NgramIndex | None = None  # built lazily by the sampler
         self.generator = None
         seed = params.seed if seed is None else seed
         if not params.greedy and seed is not None:
