@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from llm_core.engine.native.packed_linear import PackedLinear, can_pack, pack_linears
+from llm_core.engine.native.quantize import weight_bytes
 from llm_core.models.config import ModelConfig
 from llm_core.models.llama import LlamaForCausalLM
 from llm_core.models.training import init_weights
@@ -47,6 +48,7 @@ def test_pack_linears_replaces_bf16_layers_and_keeps_the_model_s_outputs():
         assert pack_linears(model) == 2 * 4 + 1  # 4 projections a layer, and the (tied) lm_head
         assert torch.equal(model.compute_logits(hidden), before)
     assert isinstance(model.layers[0].mlp.down_proj, PackedLinear)
+    assert weight_bytes(model) > 0  # packed weights have no storage pointer: counted all the same
     assert type(model.embed_tokens) is nn.Embedding  # the lookup keeps the plain weight
 
 

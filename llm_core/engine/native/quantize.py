@@ -94,7 +94,8 @@ def weight_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters and buffers (a tied weight counted once)."""
     seen, total = set(), 0
     for t in [*model.parameters(), *model.buffers()]:
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
+        key = t.data_ptr() if t.layout == torch.strided else id(t)  # oneDNN-packed: no storage pointer
+        if key not in seen:
+            seen.add(key)
             total += t.numel() * t.element_size()
     return total
