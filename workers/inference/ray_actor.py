@@ -4,9 +4,10 @@ Threaded (two calls at a time) so that `progress()` answers while `process()` wo
 shard: the pool reads each shard's rows, errors and tokens batch by batch.
 
 Its process starts with a bounded OpenMP spin (GOMP_SPINCOUNT, the runtime_env below, merged by
-Ray with the job's; the driver's own OMP_WAIT_POLICY / GOMP_SPINCOUNT instead when the user set them): libgomp reads it once, when torch loads; idle threads that spin without end
-slow the engine down many times over on a busy node, threads that sleep at once slow every step
-on an idle one (llm_core/threads.py).
+Ray with the job's; the driver's own OMP_WAIT_POLICY / GOMP_SPINCOUNT instead when the user set
+them): libgomp reads it once, when torch loads; idle threads that spin without end slow the
+engine down many times over on a busy node, threads that sleep at once slow every step on an
+idle one (llm_core/threads.py).
 """
 
 from __future__ import annotations

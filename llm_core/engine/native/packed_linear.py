@@ -3,7 +3,8 @@
 `F.linear` on a bf16 CPU tensor already runs oneDNN, but reorders the plain [out, in] weight
 into the kernel's blocked layout on every call. At decode sizes (a few dozen rows) that reorder
 is about a third of the matmul: the packed layer takes 0.19 ms where F.linear takes 0.28 for
-SmolLM2's gate/up projection at 64 rows (benchmarks/RESULTS.md). The results are the same
+SmolLM2's gate/up projection at 64 rows (a micro-benchmark on the AVX-512 / AMX machine of
+2026-12-01; the whole engine's gain is in benchmarks/RESULTS.md). The results are the same
 oneDNN kernel's, bit for bit (tests/unit/test_packed_linear.py). fp32 is left alone: its F.linear
 is MKL's, and switching kernels would change the fp32 outputs that match transformers token
 for token.
