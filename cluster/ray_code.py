@@ -7,7 +7,8 @@ cluster), so the workers run exactly the driver's code. `verify_workers()` then 
 task on each live node that imports that code and reports its digest and the versions of the
 libraries whose data crosses between driver and workers (pyarrow tables, pydantic models, torch
 tensors); any difference raises `ClusterCodeMismatch` saying what to install, before any job
-work is placed.
+work is placed. Each node also says whether its CPU has bf16 in hardware (`checked_nodes()`):
+what a job's `dtype: auto` comes to (jobs/run/precision.py).
 
 The packages are found by `importlib.util.find_spec` and imported in the task by name: this
 module ships them, it does not import them (cluster imports none of ours).
@@ -23,6 +24,8 @@ PACKAGES = ("cluster", "workers", "llm_core", "jobs")
 # build tag such as torch's +cu121 / +cpu is not a difference: CPU drivers run GPU clusters).
 KEY_DEPS = ("pyarrow", "pydantic", "torch")
 EXCLUDES = ["__pycache__", "*.pyc"]
+_checked_nodes: dict[str, dict] = {}  # verify_workers' findings: node -> facts
+
 IMAGE_HINT = "or run the cluster on the image built from this version (infra/docker/Dockerfile)"
 
 
@@ -64,6 +67,12 @@ def _probe(packages: tuple[str, ...], deps: tuple[str, ...]) -> dict:
     from pathlib import Path as _Path
 
     facts: dict = {"python": ".".join(_platform.python_version_tuple()[:2]), "versions": {}, "error": None}
+    try:  # bf16 in hardware (llm_core.device.BF16_CPU_FLAGS): the driver decides `dtype: auto` from it
+        flags = next((line.split(":", 1)[1].split() for line in _Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+        facts["cpu_bf16_native"] = any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+    except OSError:
+        facts["cpu_bf16_native"] = None  # not Linux: unknown
     for dep in deps:
         try:
             facts["versions"][dep] = _metadata.version(dep)
@@ -148,6 +157,8 @@ def verify_workers(timeout_s: float = 60) -> None:
         raise ClusterCodeMismatch(f"the cluster's workers could not run llmbatch's code check: "
                                   f"{str(exc).strip().splitlines()[-1]}") from None
     mine = driver_facts()
+    _checked_nodes.clear()
+    _checked_nodes.update(found)
     lines = [line for node, facts in found.items()
              for line in differences(mine, facts, f"the cluster's workers on node {node}")]
     if lines:
@@ -155,10 +166,15 @@ def verify_workers(timeout_s: float = 60) -> None:
                                   + "\n".join(f"  - {line}" for line in lines), tuple(lines))
 
 
+def checked_nodes() -> dict[str, dict]:
+    """{node: its probe's facts} from the last verify_workers of this process ({} before one)."""
+    return dict(_checked_nodes)
+
+
 def code_digest() -> str:
     """This process's llmbatch code digest (what verify_workers compares)."""
     return driver_facts()["digest"]
 
 
-__all__ = ["ClusterCodeMismatch", "code_digest", "differences", "driver_facts", "package_dirs", "runtime_env",
+__all__ = ["ClusterCodeMismatch", "checked_nodes", "code_digest", "differences", "driver_facts", "package_dirs", "runtime_env",
            "verify_workers"]

@@ -1,10 +1,10 @@
 """Which device and dtype a model runs on: one decision for both engines, the classifier and training.
 
 `auto` means the GPU when there is one; there bf16, or fp16 on a GPU without bf16. On CPU `auto`
-is fp32 for now (greedy outputs token-exact with transformers, the figures in
-benchmarks/RESULTS.md): bf16 is selected explicitly (`params.dtype: bfloat16`) and is fast only
-where the CPU has native bf16 (AVX-512 BF16 or AMX), which `cpu_bf16_native()` tells and
-`pick_dtype` logs. An explicit choice always wins, and a device string keeps its index ("cuda:1"
+is fp32 here (greedy outputs token-exact with transformers): bf16 is fast only where the CPU has
+native bf16 (AVX-512 BF16 or AMX), which `cpu_bf16_native()` tells and `pick_dtype` logs. A job's
+`auto` never reaches this: the driver decides it for the whole run (jobs/run/precision.py: bf16
+where every node has it, recorded in the fingerprint), so one output never mixes precisions. An explicit choice always wins, and a device string keeps its index ("cuda:1"
 stays "cuda:1" and gets a GPU's dtype like "cuda").
 """
 
@@ -31,8 +31,8 @@ PRECISION_NAMES: dict[torch.dtype, str] = {torch.float32: "fp32", torch.bfloat16
 # CPU flags (/proc/cpuinfo) with bf16 dot products in hardware; without them torch emulates bf16.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
-# Whether `auto` picks bf16 on a CPU with native bf16. Off until measured on an idle machine:
-# bf16 changes greedy outputs (and the demo's) against the fp32 reference.
+# Whether this module's `auto` picks bf16 on a CPU with native bf16. Off: a library caller's fp32
+# stays token-exact with transformers; jobs decide on the driver instead (jobs/run/precision.py).
 CPU_AUTO_BF16 = False
 
 

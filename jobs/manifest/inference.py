@@ -65,8 +65,8 @@ class GenerationParams(Strict):
         None, gt=0, description="default: the model's context minus max_new_tokens"
     )
     on_long_input: Literal["truncate", "error"] = "truncate"
-    # Precision of weights and activations. auto: bf16 on a GPU (fp16 without bf16), fp32 on CPU
-    # (select bfloat16 there where the CPU has native bf16: faster, greedy outputs may differ).
+    # Precision of weights and activations. auto: bf16 on a GPU (fp16 without bf16); on CPUs bf16
+    # where every node has it in hardware, else fp32, decided once per run (jobs/run/precision.py).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # Weights only, per output channel (llm_core/engine/native/quantize.py); the native engine's.
     quantization: str = Field("none", description="none or int8")

@@ -22,6 +22,7 @@ from jobs.lifecycle import JobState
 from jobs.manifest import InferenceManifest
 from jobs.run.outcome import Outcome, PartCounts, decide, part_counts, total
 from jobs.run.preflight import Plan, preflight
+from jobs.run.precision import fingerprint_entry, run_dtype
 from jobs.run.protocol import ProgressCallback, Run
 from jobs.run.results import JobProgress, JobResult
 from jobs.run.retry_plan import RetryRefused
@@ -84,7 +85,7 @@ def fingerprint_of(manifest: InferenceManifest, plan: Plan) -> dict:
         params=manifest.params.model_dump(mode="json"),
         columns={"id": manifest.input.id_column, "text": manifest.input.text_column,
                  "language": getattr(manifest.task, "target_language_column", None)},
-        id_type=plan.id_type, adapter=plan.adapter)
+        id_type=plan.id_type, adapter=plan.adapter, **fingerprint_entry(manifest, plan.dtype or manifest.params.dtype))
 
 
 def _run(manifest: InferenceManifest, run: Run, ray_address: str | None, cancel: threading.Event | None,
@@ -95,6 +96,7 @@ def _run(manifest: InferenceManifest, run: Run, ray_address: str | None, cancel:
         return refused(run, plan)
     for warning in plan.warnings:
         log.warning("job.preflight_warning", warning=warning)
+    plan.dtype = run_dtype(manifest, run.output, ray_address)
     fingerprint = fingerprint_of(manifest, plan)
     with OutputLease.acquire(run.output, run.job_id) as lease:
         slot = run.output.prepare(manifest.output.mode, fingerprint)
@@ -193,7 +195,7 @@ def _summary(manifest: InferenceManifest, run: Run, plan: Plan, run_id: str, who
         "max_error_rate": manifest.max_error_rate, "wall_s": round(wall, 3),
         "run_completion_tokens": progress.completion_tokens,
         "tokens_per_s": round(progress.completion_tokens / wall, 2) if wall > 0 else 0.0,
-        "model": manifest.model, "adapter": manifest.adapter, "engine": manifest.engine,
+        "model": manifest.model, "adapter": manifest.adapter, "engine": manifest.engine, "dtype": plan.dtype or None,
         "actor_log": outcome.log_file,
         "finished_at": time.time(),
     }
@@ -210,7 +212,7 @@ def _run_pool(manifest: InferenceManifest, run: Run, plan: Plan, work: ShardWork
         actor_args=(manifest.model,),
         actor_kwargs=dict(engine=manifest.engine, batch_size=res.batch_size,
                           max_batch_tokens=res.max_batch_tokens, threads=max(1, int(res.cpus_per_worker)),
-                          dtype=manifest.params.dtype, quantization=manifest.params.quantization,
+                          dtype=plan.dtype or manifest.params.dtype, quantization=manifest.params.quantization,
                           model_identity=plan.model if manifest.engine != "baseline" else None,
                           adapter_ref=manifest.adapter, adapter_identity=plan.adapter,
                           **_baseline_kwargs(manifest, run.output)),

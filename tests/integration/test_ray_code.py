@@ -30,7 +30,7 @@ DRIVER = """
 import json, sys
 import ray
 import cluster
-from cluster.ray_code import ClusterCodeMismatch, runtime_env, verify_workers
+from cluster.ray_code import ClusterCodeMismatch, checked_nodes, driver_facts, runtime_env, verify_workers
 
 ship = sys.argv[2] == "ship"
 ray.init(address=sys.argv[1], logging_level="ERROR", **({"runtime_env": runtime_env()} if ship else {}))
@@ -47,7 +47,9 @@ try:
 except ClusterCodeMismatch as exc:
     error = str(exc)
 print("RESULT " + json.dumps({"driver_marker": getattr(cluster, "RAY_CODE_MARKER", None),
-                              "driver_file": cluster.__file__, "marker": marker, "file": path, "error": error}))
+                              "driver_file": cluster.__file__, "marker": marker, "file": path, "error": error,
+                              "bf16": [f.get("cpu_bf16_native") for f in checked_nodes().values()],
+                              "driver_bf16": driver_facts()["cpu_bf16_native"]}))
 """
 
 
@@ -93,6 +95,8 @@ def test_workers_get_the_drivers_code_through_runtime_env(bare_head, marked_copy
     assert got["marker"] == marker, got  # the worker imported the copy: it came with the job
     assert not got["file"].startswith(str(code)) and not got["file"].startswith(str(REPO)), got
     assert got["error"] is None
+    # each node also told its CPU's bf16 (what a job's dtype: auto comes to): this machine's
+    assert got["bf16"] and all(flag is got["driver_bf16"] for flag in got["bf16"]), got
 
 
 @pytest.mark.integration

@@ -85,7 +85,7 @@ def test_the_fingerprint_has_n_only_when_it_is_not_one():
 
 def test_fingerprint_of_a_job_carries_n():
     class Plan:  # what fingerprint_of reads of a pre-flight plan
-        files, model, examples, id_type, adapter = [], {"kind": "builtin"}, None, "string", None
+        files, model, examples, id_type, adapter, dtype = [], {"kind": "builtin"}, None, "string", None, ""
 
     one = fingerprint_of(manifest({"temperature": 0.8}), Plan())
     two = fingerprint_of(manifest({"temperature": 0.8, "n": 2}), Plan())

@@ -4,11 +4,13 @@ very same run and `retry_errors` only redoes rows of it.
 `{"input": [{"uri", "size", "version"}...], "model": <model identity>, "engine", "task", "params",
 "columns": {id, text, language}, "id_type"}`, and `"adapter": <adapter identity>` when the job
 applies a LoRA adapter (workers.adapter_folder: its files' hashes, as a model's), so a resume
-with a changed adapter is refused naming the file that changed. `params.n` (completions per row)
-is there only when it is not 1, so the runs of jobs from before it existed keep their fingerprints. An input file's version is its
-S3 ETag, or its local mtime in nanoseconds: a file rewritten in place changes it even at the
-same size. The model identity (workers.model_identity) hashes the config and weight files, so a
-model re-published behind the same URI changes it too.
+with a changed adapter is refused naming the file that changed. `"dtype": "bfloat16"` is there
+when the driver decided `params.dtype: auto` as bf16 (jobs/run/precision.py), so a resume keeps
+it. `params.n` (completions per row) is there only when it is not 1, so the runs of jobs from
+before it existed keep their fingerprints. An input file's version is its S3 ETag, or its local
+mtime in nanoseconds: a file rewritten in place changes it even at the same size. The model
+identity (workers.model_identity) hashes the config and weight files, so a model re-published
+behind the same URI changes it too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ _SHORT = 24  # long values (hashes) are cut in diff lines
 
 
 def run_fingerprint(*, files: list[FileRef], model: dict, engine: str, task: dict, params: dict,
-                    columns: dict, id_type: str, adapter: dict | None = None) -> dict:
+                    columns: dict, id_type: str, adapter: dict | None = None, dtype: str | None = None) -> dict:
     """The fingerprint as plain JSON data (what `_manifest.json` and the markers hold). Without
     an adapter the key is absent, so the runs of jobs without one keep their fingerprints."""
     if params.get("n") == 1:  # one completion per row, as before params.n existed
@@ -35,6 +37,8 @@ def run_fingerprint(*, files: list[FileRef], model: dict, engine: str, task: dic
     }
     if adapter is not None:
         fp["adapter"] = adapter
+    if dtype is not None:
+        fp["dtype"] = dtype
     return json.loads(stable_json(fp))  # tuples -> lists etc.: equal after a JSON round trip
 
 

@@ -32,6 +32,7 @@ class Plan:
     model: dict = field(default_factory=dict)  # workers.model_identity.model_identity(...)
     adapter: dict | None = None  # workers.adapter_folder.adapter_identity(...) when the job names one
     examples: FewShotSpec | None = None  # task.examples (llm_core.fewshot); a file's loaded once by the pre-flight
+    dtype: str = ""  # the actors' params.dtype, `auto` decided (jobs.run.precision); set by the run
     est_prompt_tokens: int = 0
     est_completion_tokens: int = 0
     problems: list[str] = field(default_factory=list)  # fatal: the job is refused with all of them

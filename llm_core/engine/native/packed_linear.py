@@ -18,9 +18,15 @@ from torch import nn
 from llm_core.engine.native.quantize import DECODER_LINEARS
 
 
+def onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT). Without it the
+    reorder refuses bf16 weights, and F.linear's own fallback runs as before."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def can_pack(weight: torch.Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and onednn_bf16()
 
 
 class PackedLinear(nn.Module):
