@@ -6,7 +6,9 @@
     python benchmarks/engine.py --native fp32,bf16,bf16+int8,bf16:noprefix --vllm-python /tmp/vllm-venv/bin/python
 
 `--native` lists native configurations: a dtype (fp32, bf16, fp16, auto), `+int8` for int8
-weights, `:noprefix` for prefix caching off. transformers runs once per dtype the list names.
+weights, `+compile` for the CPU decode step through torch.compile (compiled once, before the
+runs; llm_core/engine/native/compiled_decode.py), `:noprefix` for prefix caching off.
+transformers runs once per dtype the list names.
 
 EOS is ignored so both sides generate exactly --max-new-tokens per prompt. Runs alternate
 (native, hf, native, hf...) so load on a shared machine hits both alike; the best run of each
@@ -38,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llm_core.engine.native import NativeEngine  # noqa: E402
+from llm_core.engine.native.compiled_decode import recompile_count  # noqa: E402
 from llm_core.engine.hf import HFEngine  # noqa: E402
 from llm_core.engine.sampling import SamplingParams  # noqa: E402
 from llm_core.threads import WAIT_POLICIES, WAIT_VARIABLES, current_policy, thread_env  # noqa: E402
@@ -126,13 +129,21 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto":
 
 
 def parse_native(spec: str) -> dict:
-    """`bf16+int8:noprefix` -> {"label", "dtype", "quantization", "prefix_caching"}."""
+    """`bf16+int8+compile:noprefix` -> {"label", "dtype", "quantization", "compile", "prefix_caching"}."""
     body, _, flag = spec.partition(":")
-    dtype, _, quant = body.partition("+")
-    if dtype not in DTYPE_NAMES or quant not in ("", "int8") or flag not in ("", "noprefix"):
-        raise SystemExit(f"--native: cannot read {spec!r} (e.g. fp32, bf16, bf16+int8, bf16:noprefix)")
-    return {"label": f"native {spec}", "dtype": DTYPE_NAMES[dtype], "quantization": quant or "none",
-            "prefix_caching": flag != "noprefix"}
+    dtype, *options = body.split("+")
+    if (dtype not in DTYPE_NAMES or not set(options) <= {"int8", "compile"} or len(set(options)) < len(options)
+            or flag not in ("", "noprefix")):
+        raise SystemExit(f"--native: cannot read {spec!r} (e.g. fp32, bf16, bf16+int8, fp32+compile, bf16:noprefix)")
+    return {"label": f"native {spec}", "dtype": DTYPE_NAMES[dtype], "quantization": "int8" if "int8" in options else "none",
+            "compile": "compile" in options, "prefix_caching": flag != "noprefix"}
+
+
+def compile_report(engine: NativeEngine, load_s: float) -> str:
+    """What compiling the engine's CPU decode step cost (it compiles as the engine loads)."""
+    compiled = engine.runner.compiled_decode
+    ok = compiled is not None and not compiled.failed
+    return f"compiled={ok} load_s_with_compile={load_s:.1f}"
 
 
 class VllmProcess:
@@ -226,6 +237,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs per engine")
     ap.add_argument("--threads", type=int, help="torch CPU threads for both engines (default: torch's)")
     ap.add_argument("--quantization", choices=["none", "int8"], default="none", help="native engine weights")
+    ap.add_argument("--compile", choices=["on", "off"], default="off",
+                    help="native engine: CPU decode step through torch.compile (when --native is not given)")
     ap.add_argument("--no-prefix-caching", action="store_true", help="native engine: recompute shared prompt prefixes")
     ap.add_argument("--busy", type=int, default=0, help="CPU-burning processes beside the timed runs")
     ap.add_argument("--omp-wait", choices=WAIT_POLICIES, default="bounded",
@@ -252,11 +265,16 @@ def main() -> None:
         configs = [parse_native(spec) for spec in args.native.split(",")]
     else:
         configs = [{"label": "native", "dtype": args.dtype, "quantization": args.quantization,
-                    "prefix_caching": not args.no_prefix_caching}]
+                    "compile": args.compile == "on", "prefix_caching": not args.no_prefix_caching}]
     engines: dict[str, object] = {}
+    compiles: dict[str, str] = {}  # label -> what compiling its decode step cost
     for c in configs:
+        start = time.perf_counter()
         engines[c["label"]] = NativeEngine(model_dir, device=args.device, dtype=c["dtype"], max_num_seqs=args.batch_size,
-                                           quantization=c["quantization"], prefix_caching=c["prefix_caching"])
+                                           quantization=c["quantization"], prefix_caching=c["prefix_caching"],
+                                           compile_decode=c["compile"])
+        if c["compile"]:
+            compiles[c["label"]] = compile_report(engines[c["label"]], time.perf_counter() - start)
     hf_of: dict[str, str] = {}  # native label -> the transformers engine of its dtype
     for c in configs:
         name = "transformers" if len({x["dtype"] for x in configs}) == 1 else f"transformers {c['dtype']}"
@@ -266,6 +284,7 @@ def main() -> None:
     for name, engine in engines.items():  # first-call costs (allocations, graph capture) stay out of the timing
         kind = "native" if name.startswith("native") else "hf"
         engine.generate(warmup_prompts(kind, prompts, on_gpu, args.batch_size), params)
+    recompiles_before = recompile_count()
     runners = {name: (lambda e=engine: timed(e, prompts, params)) for name, engine in engines.items()}
     vllm = None
     if args.vllm_python:
@@ -302,6 +321,10 @@ def main() -> None:
             match = f"{same}/{count}"
         print(f"| {name} | {dtype} | {seconds:.2f} | {rate[name]:.1f} | {(generated + prompt_tokens) / seconds:.1f} "
               f"| {match} |")
+    for name, cost in compiles.items():
+        print(f"{name}: {cost}")
+    if compiles:  # the timed runs should compile nothing: every batch size has its graph
+        print(f"recompiles during the timed runs: {recompile_count() - recompiles_before}")
     native_best = max(r for n, r in rate.items() if n.startswith("native"))
     other_best = max(r for n, r in rate.items() if not n.startswith("native"))
     print(f"speedup={native_best / other_best:.2f}")

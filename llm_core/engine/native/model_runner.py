@@ -3,7 +3,9 @@
 Prefill packs every sequence's new tokens into one flat batch and computes the lm_head only
 where logits are needed; a prompt's cached prefix (prefix_cache.py) is copied into its slot
 instead of computed. Decode feeds one token per sequence; on CUDA it replays a captured
-graph (see cuda_graphs.py), on CPU it runs eagerly over the cache cut to the longest context.
+graph (see cuda_graphs.py), on CPU it runs eagerly over the cache cut to the longest context,
+or, with compile_decode, through torch.compile'd regions around attention (compiled_decode.py).
+Prefill stays eager: through the same regions it measured slower in the engine (issue 16).
 The cache's size is cache_plan's decision (free GPU memory on CUDA).
 """
 
@@ -13,6 +15,7 @@ import torch
 
 from llm_core.engine.native.attention import DecodeAttention, PrefillAttention, length_groups
 from llm_core.engine.native.cache_plan import activation_reserve, kv_bytes_per_token, plan_cache
+from llm_core.engine.native.compiled_decode import CompiledDecode
 from llm_core.engine.native.cuda_graphs import DecodeGraphs
 from llm_core.engine.native.kv_cache import KVCache
 from llm_core.engine.native.prefix_cache import CachedPrefix, PrefixCapture
@@ -29,6 +32,7 @@ class ModelRunner:
     def __init__(
         self, model: LlamaForCausalLM, cfg: ModelConfig, device: str, dtype: torch.dtype,
         max_num_seqs: int, use_cuda_graphs: bool, max_context: int | None = None, max_batch_tokens: int = 2048,
+        compile_decode: bool = False,
     ):
         self.model, self.cfg, self.device, self.dtype = model, cfg, device, dtype
         self.max_num_seqs = max_num_seqs
@@ -38,6 +42,18 @@ class ModelRunner:
         self.on_cuda = torch.device(device).type == "cuda"
         self.cache: KVCache | None = None
         self.graphs = None
+        self.compiled_decode: CompiledDecode | None = None
+        if compile_decode:
+            self.compile_decode()
+
+    def compile_decode(self) -> bool:
+        """Run CPU decode steps through torch.compile (compiled_decode.py), compiling now; False
+        where it does not apply (CUDA: graphs) or the compiler failed (decode stays eager)."""
+        if self.on_cuda:
+            return False
+        self.compiled_decode = CompiledDecode(self.model)
+        self.compiled_decode.warm_up()
+        return not self.compiled_decode.failed
 
     def plan(self, needed: int):
         """The cache a call needing `needed` tokens per sequence should have (cache_plan)."""
@@ -113,5 +129,6 @@ class ModelRunner:
         length = max(positions) + 1
         mask = (torch.arange(length, device=self.device)[None, :] <= pos[:, None])[:, None, None, :]
         backend = DecodeAttention(self.cache, pos, mask, length, length_groups(positions, DECODE_GROUP_SLOTS))
-        hidden = self.model(input_ids, pos, backend)
+        forward = self.compiled_decode or self.model
+        hidden = forward(input_ids, pos, backend)
         return self.model.compute_logits(hidden).float()
