@@ -45,7 +45,7 @@ def test_smoke_run_passes_and_writes_the_summary(tmp_path):
 def test_engine_benchmark_warms_up_at_the_timed_lengths():
     """benchmarks/engine.py's untimed first run sizes the KV cache (and, on a GPU, captures the
     CUDA graphs) the timed runs need: the longest prompt on CPU, every prompt on a GPU."""
-    from benchmarks.engine import warmup_prompts
+    from benchmarks.engine_workload import warmup_prompts
 
     prompts = [[1] * 5, [2] * 50, [3] * 20]
     assert warmup_prompts("native", prompts, on_gpu=False, batch_size=2) == [[2] * 50]

@@ -42,18 +42,11 @@ class ModelRunner:
         self.on_cuda = torch.device(device).type == "cuda"
         self.cache: KVCache | None = None
         self.graphs = None
+        # CPU decode through torch.compile (compiled_decode.py), compiled now; CUDA replays graphs.
         self.compiled_decode: CompiledDecode | None = None
-        if compile_decode:
-            self.compile_decode()
-
-    def compile_decode(self) -> bool:
-        """Run CPU decode steps through torch.compile (compiled_decode.py), compiling now; False
-        where it does not apply (CUDA: graphs) or the compiler failed (decode stays eager)."""
-        if self.on_cuda:
-            return False
-        self.compiled_decode = CompiledDecode(self.model)
-        self.compiled_decode.warm_up()
-        return not self.compiled_decode.failed
+        if compile_decode and not self.on_cuda:
+            self.compiled_decode = CompiledDecode(model)
+            self.compiled_decode.warm_up()
 
     def plan(self, needed: int):
         """The cache a call needing `needed` tokens per sequence should have (cache_plan)."""
