@@ -7,7 +7,8 @@
 
 `--native` lists native configurations: a dtype (fp32, bf16, fp16, auto), `+int8` for int8
 weights, `+compile` for the CPU decode step through torch.compile (compiled once, before the
-runs; llm_core/engine/native/compiled_decode.py), `:noprefix` for prefix caching off.
+runs; llm_core/engine/native/compiled_decode.py), `:noprefix` for prefix caching off, `:sdpa`
+for CPU decode attention through SDPA instead of the engine's kernel (cpu_decode_kernel.py).
 transformers runs once per dtype the list names.
 
 EOS is ignored so both sides generate exactly --max-new-tokens per prompt. Runs alternate
@@ -56,14 +57,17 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto":
 
 
 def parse_native(spec: str) -> dict:
-    """`bf16+int8+compile:noprefix` -> {"label", "dtype", "quantization", "compile", "prefix_caching"}."""
-    body, _, flag = spec.partition(":")
+    """`bf16+int8+compile:noprefix:sdpa` -> {"label", "dtype", "quantization", "compile", "prefix_caching",
+    "decode_kernel"}."""
+    body, *flags = spec.split(":")
     dtype, *options = body.split("+")
     if (dtype not in DTYPE_NAMES or not set(options) <= {"int8", "compile"} or len(set(options)) < len(options)
-            or flag not in ("", "noprefix")):
-        raise SystemExit(f"--native: cannot read {spec!r} (e.g. fp32, bf16, bf16+int8, fp32+compile, bf16:noprefix)")
+            or not set(flags) <= {"noprefix", "sdpa"} or len(set(flags)) < len(flags)):
+        raise SystemExit(f"--native: cannot read {spec!r} (e.g. fp32, bf16, bf16+int8, fp32+compile, bf16:noprefix, "
+                         "bf16:sdpa)")
     return {"label": f"native {spec}", "dtype": DTYPE_NAMES[dtype], "quantization": "int8" if "int8" in options else "none",
-            "compile": "compile" in options, "prefix_caching": flag != "noprefix"}
+            "compile": "compile" in options, "prefix_caching": "noprefix" not in flags,
+            "decode_kernel": "sdpa" not in flags}
 
 
 def compile_report(engine: NativeEngine, load_s: float) -> str:
@@ -146,14 +150,15 @@ def main() -> None:
         configs = [parse_native(spec) for spec in args.native.split(",")]
     else:
         configs = [{"label": "native", "dtype": args.dtype, "quantization": args.quantization,
-                    "compile": args.compile == "on", "prefix_caching": not args.no_prefix_caching}]
+                    "compile": args.compile == "on", "prefix_caching": not args.no_prefix_caching,
+                    "decode_kernel": True}]
     engines: dict[str, object] = {}
     compiles: dict[str, str] = {}  # label -> what compiling its decode step cost
     for c in configs:
         start = time.perf_counter()
         engines[c["label"]] = NativeEngine(model_dir, device=args.device, dtype=c["dtype"], max_num_seqs=args.batch_size,
                                            quantization=c["quantization"], prefix_caching=c["prefix_caching"],
-                                           compile_decode=c["compile"])
+                                           compile_decode=c["compile"], decode_kernel=c["decode_kernel"])
         if c["compile"]:
             compiles[c["label"]] = compile_report(engines[c["label"]], time.perf_counter() - start)
     hf_of: dict[str, str] = {}  # native label -> the transformers engine of its dtype

@@ -7,6 +7,11 @@ script under that interpreter and drives it over stdin/stdout, one JSON object a
     -> {"cmd": "quit"}
 The prompts are the token ids engine.py gives the other engines (a JSON file), so every engine
 reads exactly the same input; EOS is ignored and decoding is greedy, as on the other side.
+
+vLLM's prefix cache is emptied before every timed run: the same prompts ran before (warm-up,
+earlier runs), and their cached blocks would skip nearly all of the prefill, which a batch job's
+new rows never do. Within a run it caches as it does by default (the shared system prompt and
+instruction), as the native engine does.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ def main() -> None:
         cmd = json.loads(line).get("cmd")
         if cmd != "run":
             break
+        if not llm.reset_prefix_cache():
+            raise RuntimeError("vLLM did not empty its prefix cache")
         start = time.perf_counter()
         out = llm.generate(prompts, params, use_tqdm=False)
         seconds = time.perf_counter() - start

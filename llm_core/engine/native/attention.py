@@ -4,7 +4,9 @@ Prefill: the new tokens of several sequences are packed with no padding; each se
 to what its slot already holds (a prompt, when scoring continuations) plus its new tokens. Either
 way all sequences attend in one SDPA call per layer, their queries spread into a right-padded
 batch (models.attention.PaddedLayout).
-Decode: one token per sequence, all sequences in one SDPA call over the compact slot view.
+Decode: one token per sequence, all sequences in one SDPA call over the compact slot view, or,
+on CPU, one call of the engine's own kernel that reads only each sequence's valid entries
+(KernelDecodeAttention, csrc/decode_attention.cpp).
 
 Continuations need an explicit mask; SDPA's fused CUDA kernels take no mask together with
 `enable_gqa` (the pair falls back to the slow math kernel), so on CUDA the KV heads are
@@ -98,6 +100,26 @@ class DecodeAttention:
             for a, b, n in self.groups
         ]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out.view(batch, heads, head_dim)
+
+
+class KernelDecodeAttention:
+    """Decode attention through torch.ops.llmbatch.decode_attention (cpu_decode_kernel.py): one
+    call per layer for the whole batch, sequence b reading its slot's entries 0..positions[b]
+    only (no mask, no length groups). The same scaling as SDPA's default, 1 / sqrt(head_dim)."""
+
+    def __init__(self, cache: KVCache, positions: torch.Tensor):
+        self.cache, self.positions = cache, positions
+        self.rows = cache.rows(torch.arange(positions.shape[0], device=positions.device), positions)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        self.cache.write(layer, self.rows, k, v)
+        batch, heads, head_dim = q.shape
+        kv_heads = k.shape[1]
+        out = torch.ops.llmbatch.decode_attention(
+            q.reshape(batch, kv_heads, heads // kv_heads, head_dim), self.cache.k[layer], self.cache.v[layer],
+            self.positions, head_dim**-0.5,
+        )
         return out.view(batch, heads, head_dim)
 
 

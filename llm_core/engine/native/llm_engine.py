@@ -53,11 +53,13 @@ class NativeEngine:
         self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
         max_batch_tokens: int | None = None, max_num_seqs: int = 64, tokenizer: Tokenizer | None = None,
         prefix_caching: bool = True, quantization: str = "none", adapter_dir: str | Path | None = None,
-        compile_decode: bool = False,
+        compile_decode: bool = False, decode_kernel: bool = True,
     ):
         """compile_decode: CPU decode steps through torch.compile (compiled_decode.py), compiled
         here. Off by default: no faster than eager on the 2-core AVX2 machine it was measured on
-        (benchmarks/RESULTS.md); benchmarks/engine.py's `+compile` measures it elsewhere."""
+        (benchmarks/RESULTS.md); benchmarks/engine.py's `+compile` measures it elsewhere.
+        decode_kernel: CPU decode attention through the engine's kernel where it builds
+        (cpu_decode_kernel.py); False runs SDPA (for side-by-side measurements)."""
         model_dir = Path(model_dir)
         self.device = pick_device(device)
         # A LoRA adapter is merged as the weights load, before the dtype cast and quantization.
@@ -77,6 +79,7 @@ class NativeEngine:
         self.runner = ModelRunner(
             self.model, self.config, self.device, self.dtype, max_num_seqs, use_cuda_graphs=on_gpu,
             max_context=self.max_context, max_batch_tokens=self.max_batch_tokens, compile_decode=compile_decode,
+            decode_kernel=decode_kernel,
         )
         # A shared prompt prefix (system prompt, instruction) is computed once: prefix_cache.py.
         self.prefix_cache = PrefixCache() if prefix_caching else None

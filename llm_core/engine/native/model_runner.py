@@ -3,8 +3,10 @@
 Prefill packs every sequence's new tokens into one flat batch and computes the lm_head only
 where logits are needed; a prompt's cached prefix (prefix_cache.py) is copied into its slot
 instead of computed. Decode feeds one token per sequence; on CUDA it replays a captured
-graph (see cuda_graphs.py), on CPU it runs eagerly over the cache cut to the longest context,
-or, with compile_decode, through torch.compile'd regions around attention (compiled_decode.py).
+graph (see cuda_graphs.py), on CPU it runs eagerly, or with compile_decode through
+torch.compile'd regions around attention (compiled_decode.py); CPU decode attention is the
+engine's own kernel (cpu_decode_kernel.py) where it builds, SDPA over the cache cut to each
+group's longest context where it does not.
 Prefill stays eager: through the same regions it measured slower in the engine (issue 16).
 The cache's size is cache_plan's decision (free GPU memory on CUDA).
 """
@@ -13,9 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from llm_core.engine.native.attention import DecodeAttention, PrefillAttention, length_groups
+from llm_core.engine.native.attention import DecodeAttention, KernelDecodeAttention, PrefillAttention, length_groups
 from llm_core.engine.native.cache_plan import activation_reserve, kv_bytes_per_token, plan_cache
 from llm_core.engine.native.compiled_decode import CompiledDecode
+from llm_core.engine.native.cpu_decode_kernel import decode_kernel_available
 from llm_core.engine.native.cuda_graphs import DecodeGraphs
 from llm_core.engine.native.kv_cache import KVCache
 from llm_core.engine.native.prefix_cache import CachedPrefix, PrefixCapture
@@ -32,7 +35,7 @@ class ModelRunner:
     def __init__(
         self, model: LlamaForCausalLM, cfg: ModelConfig, device: str, dtype: torch.dtype,
         max_num_seqs: int, use_cuda_graphs: bool, max_context: int | None = None, max_batch_tokens: int = 2048,
-        compile_decode: bool = False,
+        compile_decode: bool = False, decode_kernel: bool = True,
     ):
         self.model, self.cfg, self.device, self.dtype = model, cfg, device, dtype
         self.max_num_seqs = max_num_seqs
@@ -43,6 +46,7 @@ class ModelRunner:
         self.cache: KVCache | None = None
         self.graphs = None
         # CPU decode through torch.compile (compiled_decode.py), compiled now; CUDA replays graphs.
+        self.decode_kernel = decode_kernel and not self.on_cuda and decode_kernel_available()
         self.compiled_decode: CompiledDecode | None = None
         if compile_decode and not self.on_cuda:
             self.compiled_decode = CompiledDecode(model)
@@ -119,9 +123,12 @@ class ModelRunner:
             return self.graphs.run(last_tokens, positions)
         input_ids = to_device(last_tokens, self.device, torch.long)
         pos = to_device(positions, self.device, torch.long)
-        length = max(positions) + 1
-        mask = (torch.arange(length, device=self.device)[None, :] <= pos[:, None])[:, None, None, :]
-        backend = DecodeAttention(self.cache, pos, mask, length, length_groups(positions, DECODE_GROUP_SLOTS))
+        if self.decode_kernel:
+            backend = KernelDecodeAttention(self.cache, pos)
+        else:
+            length = max(positions) + 1
+            mask = (torch.arange(length, device=self.device)[None, :] <= pos[:, None])[:, None, None, :]
+            backend = DecodeAttention(self.cache, pos, mask, length, length_groups(positions, DECODE_GROUP_SLOTS))
         forward = self.compiled_decode or self.model
         hidden = forward(input_ids, pos, backend)
         return self.model.compute_logits(hidden).float()

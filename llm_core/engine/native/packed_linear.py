@@ -29,6 +29,18 @@ def can_pack(weight: torch.Tensor) -> bool:
     return weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and onednn_bf16()
 
 
+@torch.library.custom_op("llmbatch::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """The packed matmul as one opaque op for torch.compile: inductor's own lowering of
+    mkldnn._linear_pointwise accepts only weights it packed itself (freezing)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _packed_linear_shape(x, packed, bias, out_features):
+    return x.new_empty(x.shape[0], out_features)
+
+
 class PackedLinear(nn.Module):
     """nn.Linear's forward over a weight packed by oneDNN (`mkldnn._reorder_linear_weight`)."""
 
@@ -40,7 +52,10 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        if torch.compiler.is_compiling():
+            out = packed_linear(flat, self.packed, self.bias, self.out_features)
+        else:
+            out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
