@@ -6,9 +6,10 @@
     python benchmarks/engine.py --native fp32,bf16,bf16+int8,bf16:noprefix --vllm-python /tmp/vllm-venv/bin/python
 
 `--native` lists native configurations: a dtype (fp32, bf16, fp16, auto), `+int8` for int8
-weights, `+compile` for the CPU decode step through torch.compile (compiled once, before the
-runs; llm_core/engine/native/compiled_decode.py), `:noprefix` for prefix caching off, `:sdpa`
-for CPU decode attention through SDPA instead of the engine's kernel (cpu_decode_kernel.py).
+weights, `+w8a8` for int8 weights and activations, `+compile` for the CPU decode step through
+torch.compile (compiled once, before the runs; llm_core/engine/native/compiled_decode.py),
+`:noprefix` for prefix caching off, `:nokernels` for torch's ops (SDPA, the model's own norms)
+instead of the engine's CPU kernels (cpu_kernels.py).
 transformers runs once per dtype the list names.
 
 EOS is ignored so both sides generate exactly --max-new-tokens per prompt. Runs alternate
@@ -57,17 +58,19 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto":
 
 
 def parse_native(spec: str) -> dict:
-    """`bf16+int8+compile:noprefix:sdpa` -> {"label", "dtype", "quantization", "compile", "prefix_caching",
-    "decode_kernel"}."""
+    """`bf16+w8a8+compile:noprefix:nokernels` -> {"label", "dtype", "quantization", "compile",
+    "prefix_caching", "cpu_kernels"}."""
     body, *flags = spec.split(":")
     dtype, *options = body.split("+")
-    if (dtype not in DTYPE_NAMES or not set(options) <= {"int8", "compile"} or len(set(options)) < len(options)
-            or not set(flags) <= {"noprefix", "sdpa"} or len(set(flags)) < len(flags)):
+    if (dtype not in DTYPE_NAMES or not set(options) <= {"int8", "w8a8", "compile"} or {"int8", "w8a8"} <= set(options)
+            or len(set(options)) < len(options) or not set(flags) <= {"noprefix", "nokernels"}
+            or len(set(flags)) < len(flags)):
         raise SystemExit(f"--native: cannot read {spec!r} (e.g. fp32, bf16, bf16+int8, fp32+compile, bf16:noprefix, "
-                         "bf16:sdpa)")
-    return {"label": f"native {spec}", "dtype": DTYPE_NAMES[dtype], "quantization": "int8" if "int8" in options else "none",
+                         "bf16:nokernels)")
+    quantization = next((q for q in ("int8", "w8a8") if q in options), "none")
+    return {"label": f"native {spec}", "dtype": DTYPE_NAMES[dtype], "quantization": quantization,
             "compile": "compile" in options, "prefix_caching": "noprefix" not in flags,
-            "decode_kernel": "sdpa" not in flags}
+            "cpu_kernels": "nokernels" not in flags}
 
 
 def compile_report(engine: NativeEngine, load_s: float) -> str:
@@ -121,7 +124,7 @@ def main() -> None:
     ap.add_argument("--vllm-dtype", default="bfloat16")
     ap.add_argument("--repeats", type=int, default=1, help="alternating runs per engine")
     ap.add_argument("--threads", type=int, help="torch CPU threads for both engines (default: torch's)")
-    ap.add_argument("--quantization", choices=["none", "int8"], default="none", help="native engine weights")
+    ap.add_argument("--quantization", choices=["none", "int8", "w8a8"], default="none", help="native engine weights")
     ap.add_argument("--compile", choices=["on", "off"], default="off",
                     help="native engine: CPU decode step through torch.compile (when --native is not given)")
     ap.add_argument("--no-prefix-caching", action="store_true", help="native engine: recompute shared prompt prefixes")
@@ -151,14 +154,14 @@ def main() -> None:
     else:
         configs = [{"label": "native", "dtype": args.dtype, "quantization": args.quantization,
                     "compile": args.compile == "on", "prefix_caching": not args.no_prefix_caching,
-                    "decode_kernel": True}]
+                    "cpu_kernels": True}]
     engines: dict[str, object] = {}
     compiles: dict[str, str] = {}  # label -> what compiling its decode step cost
     for c in configs:
         start = time.perf_counter()
         engines[c["label"]] = NativeEngine(model_dir, device=args.device, dtype=c["dtype"], max_num_seqs=args.batch_size,
                                            quantization=c["quantization"], prefix_caching=c["prefix_caching"],
-                                           compile_decode=c["compile"], decode_kernel=c["decode_kernel"])
+                                           compile_decode=c["compile"], cpu_kernels=c["cpu_kernels"])
         if c["compile"]:
             compiles[c["label"]] = compile_report(engines[c["label"]], time.perf_counter() - start)
     hf_of: dict[str, str] = {}  # native label -> the transformers engine of its dtype

@@ -192,7 +192,7 @@ def main() -> None:
     parser.add_argument("--style", default="headline", choices=["headline", "one_sentence", "short_paragraph"],
                         help="summarize prompt style (the demo's and the LoRA example's: headline)")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), bfloat16 (fast on CPUs with bf16)")
-    parser.add_argument("--quantization", default="none", choices=["none", "int8"], help="native engine weights")
+    parser.add_argument("--quantization", default="none", choices=["none", "int8", "w8a8"], help="native engine weights")
     parser.add_argument("--json", action="store_true", help="also print every figure as JSON")
     args = parser.parse_args()
     options = Options(systems=("baseline",) if args.baselines_only else tuple(args.systems), k=args.k,

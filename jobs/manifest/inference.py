@@ -22,7 +22,7 @@ DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
 # params.quantization: what the native engine does (llm_core...quantize.QUANTIZATIONS), and what
 # is named for later so that it is refused as not yet there rather than as unknown.
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "w8a8")
 PLANNED_QUANTIZATIONS = ("fp8", "int4")
 
 # Tasks the model-free baselines cover (engine: baseline): llm_core.baselines.
@@ -68,8 +68,9 @@ class GenerationParams(Strict):
     # Precision of weights and activations. auto: bf16 on a GPU (fp16 without bf16); on CPUs bf16
     # where every node has it in hardware, else fp32, decided once per run (jobs/run/precision.py).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    # Weights only, per output channel (llm_core/engine/native/quantize.py); the native engine's.
-    quantization: str = Field("none", description="none or int8")
+    # The native engine's: int8 = int8 weights per output channel (llm_core/engine/native/quantize.py);
+    # w8a8 = int8 weights and per-row int8 activations, CPU actors only (w8a8_linear.py).
+    quantization: str = Field("none", description="none, int8 or w8a8")
 
     @field_validator("quantization")
     @classmethod
@@ -150,6 +151,9 @@ class InferenceManifest(CrossChecked):
         if self.params.quantization != "none" and self.engine in ("hf", "vllm", "baseline"):
             p.append((("params", "quantization"), f"quantization: {self.params.quantization} needs the native "
                       f"engine (engine: auto or native), not engine: {self.engine}"))
+        if self.params.quantization == "w8a8" and self.resources.gpus_per_worker > 0:
+            p.append((("params", "quantization"), "quantization: w8a8 runs on CPU actors (oneDNN's int8 matmul); "
+                      "with gpus_per_worker > 0 use int8 or none"))
         if self.engine == "baseline" and kind not in BASELINE_TASKS:
             p.append((("engine",), f"no baseline for task {kind}; baselines: {', '.join(BASELINE_TASKS)}"))
         if kind == TaskKind.CLASSIFY:

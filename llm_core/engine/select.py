@@ -28,7 +28,7 @@ def load_engine(model_dir: str | Path, choice: str = "auto", device: str = "auto
                 batch_size: int = 16, max_batch_tokens: int | None = None,
                 tokenizer: ModelTokenizer | None = None, quantization: str = "none",
                 adapter_dir: str | Path | None = None):
-    """`quantization` (none, int8) and `adapter_dir` (a LoRA adapter folder merged into the weights
+    """`quantization` (none, int8, w8a8) and `adapter_dir` (a LoRA adapter folder merged into the weights
     as they load) are the native engine's: with either, no fallback to transformers."""
     model_dir = Path(model_dir)
     if quantization not in QUANTIZATIONS:

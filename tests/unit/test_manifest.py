@@ -131,11 +131,18 @@ def test_dtype_and_quantization_default_to_auto_and_none():
     assert (m.params.dtype, m.params.quantization) == ("auto", "none")
 
 
-@pytest.mark.parametrize("value,needle", [("fp8", "fp8 is not implemented yet; choose one of: none, int8"),
-                                          ("int3", "unknown quantization 'int3'; choose one of: none, int8")])
+@pytest.mark.parametrize("value,needle", [("fp8", "fp8 is not implemented yet; choose one of: none, int8, w8a8"),
+                                          ("int3", "unknown quantization 'int3'; choose one of: none, int8, w8a8")])
 def test_unsupported_quantization_is_refused_naming_the_field(value, needle):
     errs = errors_of({**GOOD, "params": {"quantization": value}})
     assert errs == {"params.quantization": needle}
+
+
+def test_w8a8_is_refused_on_gpu_actors():
+    m = parse_manifest({**GOOD, "params": {"quantization": "w8a8"}})
+    assert m.params.quantization == "w8a8"
+    errs = errors_of({**GOOD, "params": {"quantization": "w8a8"}, "resources": {"gpus_per_worker": 1}})
+    assert "CPU actors" in errs["params.quantization"]
 
 
 def test_unknown_dtype_is_refused():

@@ -96,7 +96,7 @@ def test_engine_generates_with_int8(tiny_dir):
 def test_quantization_is_refused_where_it_cannot_run(tiny_dir):
     with pytest.raises(ValueError, match="engine: hf runs unquantized"):
         load_engine(tiny_dir, "hf", device="cpu", quantization="int8")
-    with pytest.raises(ValueError, match=r"quantization 'fp8' is not supported \(one of: none, int8\)"):
+    with pytest.raises(ValueError, match=r"quantization 'fp8' is not supported \(one of: none, int8, w8a8\)"):
         load_engine(tiny_dir, "native", device="cpu", quantization="fp8")
     with pytest.raises(ValueError, match="not supported"):
         quantize_model(nn.Linear(4, 4), "int4")

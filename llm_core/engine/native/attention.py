@@ -104,7 +104,7 @@ class DecodeAttention:
 
 
 class KernelDecodeAttention:
-    """Decode attention through torch.ops.llmbatch.decode_attention (cpu_decode_kernel.py): one
+    """Decode attention through torch.ops.llmbatch.decode_attention (cpu_kernels.py): one
     call per layer for the whole batch, sequence b reading its slot's entries 0..positions[b]
     only (no mask, no length groups). The same scaling as SDPA's default, 1 / sqrt(head_dim)."""
 

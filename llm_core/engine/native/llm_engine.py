@@ -15,6 +15,8 @@ from llm_core.device import pick_device
 from llm_core.engine.native.batcher import ContinuousBatcher
 from llm_core.engine.native.model_runner import ModelRunner
 from llm_core.engine.native.packed_linear import pack_linears
+from llm_core.engine.native.cpu_kernels import cpu_kernels_available
+from llm_core.engine.native.fused_layers import fuse_layers
 from llm_core.engine.native.quantize import quantize_model
 from llm_core.engine.native.prefix_cache import CachedPrefix, PrefixCache
 from llm_core.engine.native.sampler import sample
@@ -53,13 +55,14 @@ class NativeEngine:
         self, model_dir: str | Path, device: str = "auto", dtype: str = "auto",
         max_batch_tokens: int | None = None, max_num_seqs: int = 64, tokenizer: Tokenizer | None = None,
         prefix_caching: bool = True, quantization: str = "none", adapter_dir: str | Path | None = None,
-        compile_decode: bool = False, decode_kernel: bool = True,
+        compile_decode: bool = False, cpu_kernels: bool = True,
     ):
         """compile_decode: CPU decode steps through torch.compile (compiled_decode.py), compiled
         here. Off by default: no faster than eager on the 2-core AVX2 machine it was measured on
         (benchmarks/RESULTS.md); benchmarks/engine.py's `+compile` measures it elsewhere.
-        decode_kernel: CPU decode attention through the engine's kernel where it builds
-        (cpu_decode_kernel.py); False runs SDPA (for side-by-side measurements)."""
+        cpu_kernels: on CPU, the engine's kernels where they build (cpu_kernels.py): decode
+        attention, and RMSNorm / SiLU-and-multiply in one pass each (fused_layers.py); False runs
+        torch's ops, SDPA and the model's own modules (for side-by-side measurements)."""
         model_dir = Path(model_dir)
         self.device = pick_device(device)
         # A LoRA adapter is merged as the weights load, before the dtype cast and quantization.
@@ -68,6 +71,9 @@ class NativeEngine:
         self.quantization = quantization
         quantize_model(self.model, quantization)  # int8: weight-only, activations keep self.dtype
         pack_linears(self.model)  # bf16 on CPU: weights in oneDNN's layout once, not per call
+        cpu_kernels = cpu_kernels and torch.device(self.device).type == "cpu" and cpu_kernels_available()
+        if cpu_kernels:
+            fuse_layers(self.model)
         self.tokenizer = tokenizer or read_tokenizer_file(model_dir)
         self.eos_token_ids = eos_token_ids(model_dir, self.config.eos_token_ids, self.tokenizer)
         self.max_context = self.config.max_position_embeddings
@@ -79,7 +85,7 @@ class NativeEngine:
         self.runner = ModelRunner(
             self.model, self.config, self.device, self.dtype, max_num_seqs, use_cuda_graphs=on_gpu,
             max_context=self.max_context, max_batch_tokens=self.max_batch_tokens, compile_decode=compile_decode,
-            decode_kernel=decode_kernel,
+            decode_kernel=cpu_kernels,
         )
         # A shared prompt prefix (system prompt, instruction) is computed once: prefix_cache.py.
         self.prefix_cache = PrefixCache() if prefix_caching else None

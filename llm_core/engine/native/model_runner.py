@@ -5,7 +5,7 @@ where logits are needed; a prompt's cached prefix (prefix_cache.py) is copied in
 instead of computed. Decode feeds one token per sequence; on CUDA it replays a captured
 graph (see cuda_graphs.py), on CPU it runs eagerly, or with compile_decode through
 torch.compile'd regions around attention (compiled_decode.py); CPU decode attention is the
-engine's own kernel (cpu_decode_kernel.py) where it builds, SDPA over the cache cut to each
+engine's own kernel (cpu_kernels.py) where it builds, SDPA over the cache cut to each
 group's longest context where it does not.
 Prefill stays eager: through the same regions it measured slower in the engine (issue 16).
 The cache's size is cache_plan's decision (free GPU memory on CUDA).
@@ -18,7 +18,7 @@ import torch
 from llm_core.engine.native.attention import DecodeAttention, KernelDecodeAttention, PrefillAttention, length_groups
 from llm_core.engine.native.cache_plan import activation_reserve, kv_bytes_per_token, plan_cache
 from llm_core.engine.native.compiled_decode import CompiledDecode
-from llm_core.engine.native.cpu_decode_kernel import decode_kernel_available
+from llm_core.engine.native.cpu_kernels import cpu_kernels_available
 from llm_core.engine.native.cuda_graphs import DecodeGraphs
 from llm_core.engine.native.kv_cache import KVCache
 from llm_core.engine.native.prefix_cache import CachedPrefix, PrefixCapture
@@ -46,7 +46,7 @@ class ModelRunner:
         self.cache: KVCache | None = None
         self.graphs = None
         # CPU decode through torch.compile (compiled_decode.py), compiled now; CUDA replays graphs.
-        self.decode_kernel = decode_kernel and not self.on_cuda and decode_kernel_available()
+        self.decode_kernel = decode_kernel and not self.on_cuda and cpu_kernels_available()
         self.compiled_decode: CompiledDecode | None = None
         if compile_decode and not self.on_cuda:
             self.compiled_decode = CompiledDecode(model)

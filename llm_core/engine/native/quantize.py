@@ -1,4 +1,5 @@
-"""int8 weight-only quantization of the native decoder's linear layers.
+"""int8 quantization of the native decoder's linear layers: `int8` (weight-only, here) and `w8a8`
+(int8 weights and activations on CPU, w8a8_linear.py).
 
 Each output channel (row) of a weight gets one scale, absmax / 127; weights are stored as int8,
 a quarter of fp32's memory, half of bf16's. Activations keep the model's dtype: no calibration,
@@ -12,11 +13,14 @@ every other device, dequantize the weight for each matmul instead (correct, memo
 
 from __future__ import annotations
 
+import structlog
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-QUANTIZATIONS = ("none", "int8")
+log = structlog.get_logger()
+
+QUANTIZATIONS = ("none", "int8", "w8a8")
 # Layers quantized: the decoder's projections; lm_head too unless tied or left out.
 DECODER_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
@@ -78,6 +82,8 @@ def quantize_model(model: nn.Module, method: str = "int8", lm_head: bool | None 
         raise ValueError(f"quantization {method!r} is not supported (one of: {', '.join(QUANTIZATIONS)})")
     if method == "none":
         return 0
+    if method == "w8a8":
+        return _quantize_w8a8(model)
     if lm_head is None:
         head, embed = getattr(model, "lm_head", None), getattr(model, "embed_tokens", None)
         lm_head = not (head is not None and embed is not None and head.weight is embed.weight)
@@ -87,6 +93,30 @@ def quantize_model(model: nn.Module, method: str = "int8", lm_head: bool | None 
     with torch.no_grad():
         for parent, child in targets:
             setattr(parent, child, Int8Linear.from_linear(getattr(parent, child)))
+    return len(targets)
+
+
+def _quantize_w8a8(model: nn.Module) -> int:
+    """Every projection and the output head, tied or not (a tied head gets its own int8 copy, 28 MB
+    on the built-in model: it is the step's largest matmul)."""
+    from llm_core.engine.native.cpu_kernels import cpu_kernels_available
+    from llm_core.engine.native.w8a8_linear import W8A8Linear, cpu_int8_dot, onednn_int8
+
+    head = getattr(model, "lm_head", None)
+    if head is not None and head.weight.device.type != "cpu" or not onednn_int8():
+        raise ValueError("quantization: w8a8 runs on CPUs with oneDNN's int8 matmul (x86 torch builds); "
+                         "use int8 (weight-only) elsewhere")
+    if not cpu_int8_dot():
+        log.warning("w8a8.no_int8_dot_products",
+                    detail="this CPU has no VNNI / AMX: oneDNN's int8 sums may saturate, and it is slower than bf16")
+    fused = cpu_kernels_available()
+    names = DECODER_LINEARS + ("lm_head",)
+    targets = [(parent, child) for parent in model.modules() for child, module in parent.named_children()
+               if child in names and isinstance(module, nn.Linear)]
+    with torch.no_grad():
+        for parent, child in targets:
+            linear = getattr(parent, child)
+            setattr(parent, child, W8A8Linear(linear, *quantize_rows(linear.weight), fused=fused))
     return len(targets)
 
 

@@ -1,0 +1,78 @@
+"""The native engine's CPU kernels (csrc/*.cpp), built on first use into one library:
+decode attention (decode_attention.cpp), RMSNorm (fused_elementwise.cpp),
+and the per-row quantize / rescale around W8A8 matmuls (int8_rows.cpp), all `torch.ops.llmbatch.*`.
+
+Built with torch's C++ extension builder (needs a C++ compiler, as torch.compile does) into
+torch's extension cache, once per machine kind: the build is named after a hash of the sources
+and of the CPU's flags, since it is compiled for this CPU's vector instructions (-march=native)
+and a cache shared across different nodes must not hand one node another's build. If the build
+fails, or LLMBATCH_CPU_KERNELS=off, the engine runs torch's ops as before (SDPA decode attention,
+eager norms, eager activation quantization), with a warning when the build failed: a job never
+fails for want of a faster path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import structlog
+import torch
+
+log = structlog.get_logger()
+
+SOURCES = tuple(sorted((Path(__file__).parent / "csrc").glob("*.cpp")))
+_lock = threading.Lock()
+_state: dict[str, bool] = {}
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def _build_name() -> str:
+    text = b"".join(source.read_bytes() for source in SOURCES)
+    digest = hashlib.sha256(text + _cpu_flags().encode() + torch.__version__.encode()).hexdigest()
+    return f"llmbatch_cpu_kernels_{digest[:16]}"
+
+
+def cpu_kernels_available() -> bool:
+    """Whether the torch.ops.llmbatch CPU kernels are loaded (building them the first time)."""
+    if "ok" in _state:
+        return _state["ok"]
+    with _lock:
+        if "ok" not in _state:
+            _state["ok"] = _load()
+    return _state["ok"]
+
+
+def _load() -> bool:
+    if os.environ.get("LLMBATCH_CPU_KERNELS", "on") == "off":
+        return False
+    if hasattr(torch.ops, "llmbatch") and hasattr(torch.ops.llmbatch, "decode_attention"):
+        return True
+    try:
+        from torch.utils.cpp_extension import load
+
+        load(name=_build_name(), sources=[str(s) for s in SOURCES], is_python_module=False, verbose=False,
+             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
+             extra_ldflags=["-fopenmp"])
+        _register_shapes()
+        return True
+    except Exception as exc:  # noqa: BLE001 - no compiler, headers, ...: SDPA still works
+        log.warning("cpu_kernels.unavailable", error=str(exc)[:500])
+        return False
+
+
+def _register_shapes() -> None:
+    """Output shapes for torch.compile (compiled_decode.py traces the fused norms)."""
+    torch.library.register_fake("llmbatch::rms_norm")(lambda x, w, eps: torch.empty_like(x))
+    torch.library.register_fake("llmbatch::decode_attention")(lambda q, k, v, pos, scale: torch.empty_like(q))

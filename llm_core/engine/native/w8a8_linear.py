@@ -1,0 +1,85 @@
+"""`quantization: w8a8`: int8 weights and int8 activations on CPU (oneDNN's int8 matmul).
+
+Weights: one scale per output channel, absmax / 127 (quantize.quantize_rows), packed once into
+oneDNN's blocked layout. Activations: quantized as each matmul runs, one scale per row (token),
+so a row's result never depends on what it is batched with (one scale for the whole batch
+would). oneDNN takes one activation scale per call: it runs with scale 1 and the row scales
+multiply its output. Activations go in as u8 with zero point 128 (symmetric int8 shifted), the
+u8 x s8 form VNNI and AMX multiply. The quantize and rescale passes are the engine's CPU kernels
+(csrc/int8_rows.cpp); eager torch ops where those did not build (correct, slower: the eager ops
+cost about what the int8 matmul saves, benchmarks/int8_matmul.py).
+
+On a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI, AMX) the matmul is about 1.9x bf16's
+(benchmarks/RESULTS.md). Without them oneDNN sums u8 x s8 pairs in 16 bits, which can saturate:
+the engine warns (`w8a8.no_int8_dot_products`) and runs it anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+import torch
+from torch import nn
+
+log = structlog.get_logger()
+
+ZERO_POINT = 128
+INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def cpu_int8_dot() -> bool:
+    """Whether this CPU computes int8 dot products in hardware."""
+    try:
+        return bool(INT8_DOT_FLAGS & set(Path("/proc/cpuinfo").read_text().split()))
+    except OSError:
+        return False
+
+
+def onednn_int8() -> bool:
+    """Whether torch has oneDNN's int8 linear (x86 builds)."""
+    ops = getattr(torch.ops, "onednn", None)
+    return (torch.backends.mkldnn.is_available() and ops is not None and hasattr(ops, "qlinear_pointwise")
+            and hasattr(ops, "qlinear_prepack"))
+
+
+def quantize_rows_u8_eager(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (u8 [M, K], fp32 scales [M, 1]) with x ~= (q - 128) * scale: the kernel's math."""
+    scales = x.abs().amax(dim=-1, keepdim=True).float().clamp_(min=1e-12).div_(127.0)
+    q = torch.round(x.float() * (1.0 / scales)).clamp_(-127, 127).add_(ZERO_POINT).to(torch.uint8)
+    return q, scales
+
+
+class W8A8Linear(nn.Module):
+    """nn.Linear's forward with int8 weights and per-row dynamically quantized int8 activations."""
+
+    def __init__(self, linear: nn.Linear, qweight: torch.Tensor, scales: torch.Tensor, fused: bool):
+        """qweight, scales: linear's weight as int8 rows and their scales (quantize.quantize_rows)."""
+        super().__init__()
+        self.out_features, self.in_features = linear.weight.shape
+        self.dtype = linear.weight.dtype
+        self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(qweight, None))
+        self.register_buffer("scales", scales.float())
+        self.register_buffer("zero_points", torch.zeros(self.out_features, dtype=torch.int64))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.fused = fused  # the CPU kernels built: one pass each for quantize and rescale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if self.fused:
+            q, row_scales = torch.ops.llmbatch.quantize_rows_u8(flat)
+        else:
+            q, row_scales = quantize_rows_u8_eager(flat)
+        out = torch.ops.onednn.qlinear_pointwise(
+            q, 1.0, ZERO_POINT, self.packed, self.scales, self.zero_points, None, 1.0, 0, self.dtype, "none", [], ""
+        )
+        if self.fused:
+            torch.ops.llmbatch.scale_rows_(out, row_scales)
+        else:
+            out = (out.float() * row_scales).to(self.dtype)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, w8a8 (oneDNN), fused={self.fused}"
