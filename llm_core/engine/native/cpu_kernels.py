@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import structlog
@@ -62,10 +63,14 @@ def _load() -> bool:
     try:
         from torch.utils.cpp_extension import load
 
-        load(name=_build_name(), sources=[str(s) for s in SOURCES], is_python_module=False, verbose=False,
+        start = time.perf_counter()
+        name = _build_name()
+        log.info("cpu_kernels.loading", build=name, detail="compiled on a machine's first use, then cached")
+        load(name=name, sources=[str(s) for s in SOURCES], is_python_module=False, verbose=False,
              extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
              extra_ldflags=["-fopenmp"])
         _register_shapes()
+        log.info("cpu_kernels.ready", build=name, seconds=round(time.perf_counter() - start, 1))
         return True
     except Exception as exc:  # noqa: BLE001 - no compiler, headers, ...: SDPA still works
         log.warning("cpu_kernels.unavailable", error=str(exc)[:500])
