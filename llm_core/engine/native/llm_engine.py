@@ -61,15 +61,15 @@ class NativeEngine:
         here. Off by default: no faster than eager on the 2-core AVX2 machine it was measured on
         (benchmarks/RESULTS.md); benchmarks/engine.py's `+compile` measures it elsewhere.
         cpu_kernels: on CPU, the engine's kernels where they build (cpu_kernels.py): decode
-        attention, and RMSNorm / SiLU-and-multiply in one pass each (fused_layers.py); False runs
-        torch's ops, SDPA and the model's own modules (for side-by-side measurements)."""
+        attention, and RMSNorm in one pass (fused_layers.py); False runs torch's ops, SDPA and the
+        model's own modules (for side-by-side measurements)."""
         model_dir = Path(model_dir)
         self.device = pick_device(device)
         # A LoRA adapter is merged as the weights load, before the dtype cast and quantization.
         self.model, self.config = load_model(model_dir, self.device, dtype, adapter_dir=adapter_dir)
         self.dtype = self.model.embed_tokens.weight.dtype
         self.quantization = quantization
-        quantize_model(self.model, quantization)  # int8: weight-only, activations keep self.dtype
+        quantize_model(self.model, quantization)  # int8: weights only; w8a8: weights and activations
         pack_linears(self.model)  # bf16 on CPU: weights in oneDNN's layout once, not per call
         cpu_kernels = cpu_kernels and torch.device(self.device).type == "cpu" and cpu_kernels_available()
         if cpu_kernels:

@@ -103,7 +103,7 @@ def _quantize_w8a8(model: nn.Module) -> int:
     from llm_core.engine.native.w8a8_linear import W8A8Linear, cpu_int8_dot, onednn_int8
 
     head = getattr(model, "lm_head", None)
-    if head is not None and head.weight.device.type != "cpu" or not onednn_int8():
+    if (head is not None and head.weight.device.type != "cpu") or not onednn_int8():
         raise ValueError("quantization: w8a8 runs on CPUs with oneDNN's int8 matmul (x86 torch builds); "
                          "use int8 (weight-only) elsewhere")
     if not cpu_int8_dot():
