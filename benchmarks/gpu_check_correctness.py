@@ -150,7 +150,8 @@ def check_score(report, name: str, engine: NativeEngine, hf, prompts) -> None:
 
 
 def sdpa_ops(fn) -> list[str]:
-    """The SDPA aten ops `fn` runs (flash, efficient, cudnn, math, or the CPU fused kernel)."""
+    """The attention ops `fn` runs: SDPA's (flash, efficient, cudnn, math, or the CPU fused kernel),
+    or on CPU the engine's own (llmbatch::cache_attention)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -158,7 +159,7 @@ def sdpa_ops(fn) -> list[str]:
         fn()
     keys = {e.key for e in prof.key_averages()}
     return sorted(k for k in keys if k.startswith("aten::_scaled_dot_product") or k.startswith("aten::_flash")
-                  or k.startswith("aten::_efficient"))
+                  or k.startswith("aten::_efficient") or k.startswith("llmbatch::"))
 
 
 @torch.inference_mode()

@@ -68,6 +68,7 @@ class Options:
     max_example_tokens: int = 256
     model_name: str = "SmolLM2-135M"
     style: str = "headline"
+    outputs: Path | None = None  # every model output as JSON lines (quality_agreement.py compares two)
 
     def wants(self, system: str) -> bool:
         return system in self.systems
@@ -80,6 +81,12 @@ class Options:
         pool = tuple(Example(r["text"][:cap], r[output_key][:cap], r.get("target_language")) for r in rows)
         return FewShotSpec(pool, k=self.k, select=self.select, seed=self.seed,
                            max_example_tokens=self.max_example_tokens)
+
+    def record(self, task: str, system: str, outputs: list) -> None:
+        if self.outputs is not None:
+            with self.outputs.open("a") as f:
+                for row, output in enumerate(outputs):
+                    f.write(json.dumps({"task": task, "system": system, "row": row, "output": output}) + "\n")
 
     def label(self, system: str) -> str:
         name = f"{self.model_name} " + system.removesuffix(UNCALIBRATED).removesuffix(CONTENT_FREE)
@@ -117,6 +124,7 @@ def summarize(data: Path, limit: int, llm, options: Options) -> dict:
         if llm is not None and options.wants(system):
             fewshot = options.fewshot(train, "reference") if system == "few-shot" else None
             outputs, stats = run_model(llm, TaskSpec("summarize", style=options.style, fewshot=fewshot), texts)
+            options.record("summarize", system, outputs)
             out[options.label(system)] = score("summarize", outputs, refs, **stats)
     return out
 
@@ -136,6 +144,7 @@ def classify(data: Path, limit: int, llm, options: Options) -> dict:
             spec = TaskSpec("classify", labels=labels, fewshot=fewshot, calibrate=calibration(system),
                             calibration_texts=tuple(texts[i][:CALIBRATION_TEXT_CHARS] for i in sample_indices(len(texts))))
             outputs, stats = run_model(llm, spec, texts)
+            options.record("classify", system, outputs)
             out[options.label(system)] = score("classify", outputs, refs, **stats)
     return out
 
@@ -155,6 +164,7 @@ def translate(data: Path, limit: int, llm, options: Options) -> dict:
         if llm is not None and options.wants(system):
             fewshot = options.fewshot(train, "reference") if system == "few-shot" else None
             outputs, stats = run_model(llm, TaskSpec("translate", fewshot=fewshot), texts, languages)
+            options.record("translate", system, outputs)
             out[options.label(system)] = score("translate", outputs, refs, **stats)
     return out
 
@@ -194,10 +204,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), bfloat16 (fast on CPUs with bf16)")
     parser.add_argument("--quantization", default="none", choices=["none", "int8", "w8a8"], help="native engine weights")
     parser.add_argument("--json", action="store_true", help="also print every figure as JSON")
+    parser.add_argument("--outputs", type=Path, default=None,
+                        help="append every model output to this file as JSON lines (benchmarks/quality_agreement.py)")
     args = parser.parse_args()
     options = Options(systems=("baseline",) if args.baselines_only else tuple(args.systems), k=args.k,
                       select=args.select, seed=args.seed, max_example_tokens=args.max_example_tokens,
-                      model_name=args.model_name, style=args.style)
+                      model_name=args.model_name, style=args.style, outputs=args.outputs)
 
     llm = None
     if any(system != "baseline" for system in options.systems):

@@ -37,12 +37,21 @@ CPU_AUTO_BF16 = False
 
 
 @functools.cache
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """This CPU's feature flags (/proc/cpuinfo's `flags` line); None where there is no such file."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return None
+    line = next((line for line in lines if line.startswith("flags")), "flags:")
+    return frozenset(line.split(":", 1)[1].split())
+
+
+@functools.cache
 def cpu_bf16_native(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX-BF16)."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:  # not Linux: ask torch what it dispatches to
+    flags = cpu_flags(cpuinfo)
+    if flags is None:  # not Linux: ask torch what it dispatches to
         return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 

@@ -4,9 +4,10 @@ Prefill: the new tokens of several sequences are packed with no padding; each se
 to what its slot already holds (a prompt, when scoring continuations) plus its new tokens. Either
 way all sequences attend in one SDPA call per layer, their queries spread into a right-padded
 batch (models.attention.PaddedLayout).
-Decode: one token per sequence, all sequences in one SDPA call over the compact slot view, or,
-on CPU, one call of the engine's own kernel that reads only each sequence's valid entries
-(KernelDecodeAttention, csrc/decode_attention.cpp).
+Decode: one token per sequence, all sequences in one SDPA call over the compact slot view.
+On CPU both run instead as one call per layer of the engine's own kernel, which writes the new
+tokens' K/V and lets each token read only its own sequence's valid entries
+(KernelAttention, csrc/cache_attention.cpp): no padding, no mask, no stale entries.
 
 Continuations need an explicit mask; SDPA's fused CUDA kernels take no mask together with
 `enable_gqa` (the pair falls back to the slow math kernel), so on CUDA the KV heads are
@@ -29,16 +30,20 @@ def expand_kv_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.repeat_interleave(heads // x.shape[1], dim=1)
 
 
+def packed_tokens(slots: list[int], starts: list[int], lens: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each packed new token's slot and position: [T] each, sequence by sequence."""
+    slot_ids = to_device([s for s, n in zip(slots, lens) for _ in range(n)], device, torch.long)
+    positions = torch.cat([torch.arange(st, st + n) for st, n in zip(starts, lens)]).to(device, non_blocking=True)
+    return slot_ids, positions
+
+
 class PrefillAttention:
     def __init__(self, cache: KVCache, slots: list[int], starts: list[int], lens: list[int], device,
                  expand_kv: bool | None = None):
         self.cache = cache
         # Default: expand on CUDA (fused kernels), GQA-native SDPA elsewhere (no copy).
         self.expand_kv = torch.device(device).type == "cuda" if expand_kv is None else expand_kv
-        slot_ids = to_device([s for s, n in zip(slots, lens) for _ in range(n)], device, torch.long)
-        self.positions = torch.cat(
-            [torch.arange(st, st + n) for st, n in zip(starts, lens)]
-        ).to(device, non_blocking=True)
+        slot_ids, self.positions = packed_tokens(slots, starts, lens, device)
         self.rows = cache.rows(slot_ids, self.positions)
         # Fresh prompts (generation) attend only to themselves: the cache-free packed backend.
         self.fresh = PackedCausalAttention(lens) if not any(starts) else None
@@ -103,24 +108,23 @@ class DecodeAttention:
         return out.view(batch, heads, head_dim)
 
 
-class KernelDecodeAttention:
-    """Decode attention through torch.ops.llmbatch.decode_attention (cpu_kernels.py): one
-    call per layer for the whole batch, sequence b reading its slot's entries 0..positions[b]
-    only (no mask, no length groups). The same scaling as SDPA's default, 1 / sqrt(head_dim)."""
+class KernelAttention:
+    """Prefill or decode through torch.ops.llmbatch.cache_attention (cpu_kernels.py): one call
+    per layer for all tokens, which stores each token's K/V at (slots[i], positions[i]) and then
+    lets it read its slot's entries 0..positions[i] only (no mask, no padding, no length groups).
+    The same scaling as SDPA's default, 1 / sqrt(head_dim)."""
 
-    def __init__(self, cache: KVCache, positions: torch.Tensor):
-        self.cache, self.positions = cache, positions
-        self.rows = cache.rows(torch.arange(positions.shape[0], device=positions.device), positions)
+    def __init__(self, cache: KVCache, slots: torch.Tensor, positions: torch.Tensor):
+        self.cache, self.slots, self.positions = cache, slots, positions
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        self.cache.write(layer, self.rows, k, v)
-        batch, heads, head_dim = q.shape
+        tokens, heads, head_dim = q.shape
         kv_heads = k.shape[1]
-        out = torch.ops.llmbatch.decode_attention(
-            q.reshape(batch, kv_heads, heads // kv_heads, head_dim), self.cache.k[layer], self.cache.v[layer],
-            self.positions, head_dim**-0.5,
+        out = torch.ops.llmbatch.cache_attention(
+            q.reshape(tokens, kv_heads, heads // kv_heads, head_dim), k, v, self.cache.k[layer], self.cache.v[layer],
+            self.slots, self.positions, head_dim**-0.5,
         )
-        return out.view(batch, heads, head_dim)
+        return out.view(tokens, heads, head_dim)
 
 
 def length_groups(positions: list[int], size: int) -> list[tuple[int, int, int]]:

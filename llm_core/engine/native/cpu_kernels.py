@@ -1,12 +1,13 @@
 """The native engine's CPU kernels (csrc/*.cpp), built on first use into one library:
-decode attention (decode_attention.cpp), RMSNorm (fused_elementwise.cpp),
+prefill and decode attention over the KV cache (cache_attention.cpp), RMSNorm, SiLU-and-multiply
+and RoPE (fused_elementwise.cpp),
 and the per-row quantize / rescale around W8A8 matmuls (int8_rows.cpp), all `torch.ops.llmbatch.*`.
 
 Built with torch's C++ extension builder (needs a C++ compiler, as torch.compile does) into
 torch's extension cache, once per machine kind: the build is named after a hash of the sources
 and of the CPU's flags, since it is compiled for this CPU's vector instructions (-march=native)
 and a cache shared across different nodes must not hand one node another's build. If the build
-fails, or LLMBATCH_CPU_KERNELS=off, the engine runs torch's ops as before (SDPA decode attention,
+fails, or LLMBATCH_CPU_KERNELS=off, the engine runs torch's ops as before (SDPA attention,
 eager norms, eager activation quantization), with a warning when the build failed: a job never
 fails for want of a faster path.
 """
@@ -22,26 +23,19 @@ from pathlib import Path
 import structlog
 import torch
 
+from llm_core.device import cpu_flags
+
 log = structlog.get_logger()
 
 SOURCES = tuple(sorted((Path(__file__).parent / "csrc").glob("*.cpp")))
+HEADERS = tuple(sorted((Path(__file__).parent / "csrc").glob("*.h")))  # in the build name's hash, not compiled alone
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return ""
-
-
 def _build_name() -> str:
-    text = b"".join(source.read_bytes() for source in SOURCES)
-    digest = hashlib.sha256(text + _cpu_flags().encode() + torch.__version__.encode()).hexdigest()
+    text = b"".join(source.read_bytes() for source in (*SOURCES, *HEADERS))
+    digest = hashlib.sha256(text + " ".join(sorted(cpu_flags() or ())).encode() + torch.__version__.encode()).hexdigest()
     return f"llmbatch_cpu_kernels_{digest[:16]}"
 
 
@@ -58,7 +52,7 @@ def cpu_kernels_available() -> bool:
 def _load() -> bool:
     if os.environ.get("LLMBATCH_CPU_KERNELS", "on") == "off":
         return False
-    if hasattr(torch.ops, "llmbatch") and hasattr(torch.ops.llmbatch, "decode_attention"):
+    if hasattr(torch.ops, "llmbatch") and hasattr(torch.ops.llmbatch, "cache_attention"):
         return True
     try:
         from torch.utils.cpp_extension import load
@@ -80,4 +74,13 @@ def _load() -> bool:
 def _register_shapes() -> None:
     """Output shapes for torch.compile (compiled_decode.py traces the fused norms)."""
     torch.library.register_fake("llmbatch::rms_norm")(lambda x, w, eps: torch.empty_like(x))
-    torch.library.register_fake("llmbatch::decode_attention")(lambda q, k, v, pos, scale: torch.empty_like(q))
+    torch.library.register_fake("llmbatch::silu_mul")(lambda x: x.new_empty(x.shape[0], x.shape[1] // 2))
+    torch.library.register_fake("llmbatch::rotary_qkv")(_rotary_qkv_shapes)
+    torch.library.register_fake("llmbatch::cache_attention")(
+        lambda q, k, v, k_cache, v_cache, slots, pos, scale: torch.empty_like(q))
+
+
+def _rotary_qkv_shapes(qkv, cos, sin, heads, kv_heads):
+    tokens, head_dim = qkv.shape[0], cos.shape[1]
+    return (qkv.new_empty(tokens, heads, head_dim), qkv.new_empty(tokens, kv_heads, head_dim),
+            qkv.new_empty(tokens, kv_heads, head_dim))

@@ -1,10 +1,13 @@
-"""The decoder's RMSNorm as one CPU kernel (csrc/fused_elementwise.cpp).
+"""The decoder's elementwise steps as CPU kernels (csrc/fused_elementwise.cpp): RMSNorm, SiLU-and-
+multiply, and RoPE with the q / k / v split, one pass each.
 
-Eager RMSNorm is 6 torch ops; at decode sizes (a few dozen rows) each op costs its dispatch and
-allocation more than its arithmetic (46 us eager vs about 25 us fused, 64 x 576 bf16). The engine
-swaps the loaded model's RMSNorm modules for FusedRMSNorm (inference only: the kernel has no
-backward) where the CPU kernels build (cpu_kernels.py). It rounds where llama.py's RMSNorm rounds,
-so results differ only by the order of a row's sum of squares.
+Eager, each is several torch ops (RMSNorm 6, SiLU-multiply 2 plus a chunk, RoPE a cat, a neg, two
+muls, an add and the splits and copies around them); at decode sizes (a few dozen rows) each op
+costs its dispatch and allocation more than its arithmetic (RMSNorm: 46 us eager vs about 25 us
+fused, 64 x 576 bf16). The engine swaps the loaded model's modules for these (inference only: the
+kernels have no backward) where the CPU kernels build (cpu_kernels.py). They round where llama.py
+and rope.py round: RoPE bit for bit, RMSNorm up to the order of a row's sum of squares, SiLU within
+about 1e-7 relative (its exp is the kernels' own).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llm_core.models.llama import RMSNorm
+from llm_core.models.attention import AttentionBackend
+from llm_core.models.llama import MLP, Attention, RMSNorm
 
 
 class FusedRMSNorm(nn.Module):
@@ -25,10 +29,39 @@ class FusedRMSNorm(nn.Module):
         return torch.ops.llmbatch.rms_norm(flat, self.weight, self.eps).view(x.shape)
 
 
+class FusedMLP(nn.Module):
+    def __init__(self, mlp: MLP):
+        super().__init__()
+        self.gate_up_proj, self.down_proj = mlp.gate_up_proj, mlp.down_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(torch.ops.llmbatch.silu_mul(self.gate_up_proj(x)))
+
+
+class FusedAttention(nn.Module):
+    """Attention's forward with RoPE and the q / k / v split as one kernel; the same projections
+    and attributes (compiled_decode.py reads them)."""
+
+    def __init__(self, attn: Attention):
+        super().__init__()
+        self.qkv_proj, self.o_proj = attn.qkv_proj, attn.o_proj
+        self.layer, self.heads, self.kv_heads, self.head_dim = attn.layer, attn.heads, attn.kv_heads, attn.head_dim
+        self.q_size, self.kv_size = attn.q_size, attn.kv_size
+
+    def forward(self, x, cos, sin, backend: AttentionBackend) -> torch.Tensor:
+        q, k, v = torch.ops.llmbatch.rotary_qkv(self.qkv_proj(x), cos, sin, self.heads, self.kv_heads)
+        out = backend.attend(self.layer, q, k, v)
+        return self.o_proj(out.reshape(-1, self.q_size))
+
+
+FUSED = {RMSNorm: FusedRMSNorm, MLP: FusedMLP, Attention: FusedAttention}
+
+
 def fuse_layers(model: nn.Module) -> int:
-    """Swap the model's RMSNorm modules for FusedRMSNorm, in place; returns how many."""
-    targets = [(parent, child) for parent in model.modules()
-               for child, module in parent.named_children() if type(module) is RMSNorm]
-    for parent, child in targets:
-        setattr(parent, child, FusedRMSNorm(getattr(parent, child)))
+    """Swap the model's RMSNorm, MLP and Attention modules for their fused twins, in place;
+    returns how many."""
+    targets = [(parent, child, FUSED[type(module)]) for parent in model.modules()
+               for child, module in parent.named_children() if type(module) in FUSED]
+    for parent, child, fused in targets:
+        setattr(parent, child, fused(getattr(parent, child)))
     return len(targets)

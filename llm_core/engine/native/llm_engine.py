@@ -18,6 +18,7 @@ from llm_core.engine.native.packed_linear import pack_linears
 from llm_core.engine.native.cpu_kernels import cpu_kernels_available
 from llm_core.engine.native.fused_layers import fuse_layers
 from llm_core.engine.native.quantize import quantize_model
+from llm_core.engine.native.smoothing import CALIBRATION_TEXT
 from llm_core.engine.native.prefix_cache import CachedPrefix, PrefixCache
 from llm_core.engine.native.sampler import sample
 from llm_core.engine.native.sequence import Sequence
@@ -60,8 +61,8 @@ class NativeEngine:
         """compile_decode: CPU decode steps through torch.compile (compiled_decode.py), compiled
         here. Off by default: no faster than eager on the 2-core AVX2 machine it was measured on
         (benchmarks/RESULTS.md); benchmarks/engine.py's `+compile` measures it elsewhere.
-        cpu_kernels: on CPU, the engine's kernels where they build (cpu_kernels.py): decode
-        attention, and RMSNorm in one pass (fused_layers.py); False runs torch's ops, SDPA and the
+        cpu_kernels: on CPU, the engine's kernels where they build (cpu_kernels.py): prefill and
+        decode attention, and RMSNorm in one pass (fused_layers.py); False runs torch's ops, SDPA and the
         model's own modules (for side-by-side measurements)."""
         model_dir = Path(model_dir)
         self.device = pick_device(device)
@@ -69,12 +70,16 @@ class NativeEngine:
         self.model, self.config = load_model(model_dir, self.device, dtype, adapter_dir=adapter_dir)
         self.dtype = self.model.embed_tokens.weight.dtype
         self.quantization = quantization
-        quantize_model(self.model, quantization)  # int8: weights only; w8a8: weights and activations
+        self.tokenizer = tokenizer or read_tokenizer_file(model_dir)
+        # int8: weights only; w8a8: weights and activations, after SmoothQuant (smoothing.py)
+        calibration = None
+        if quantization == "w8a8":
+            calibration = self.tokenizer.encode(CALIBRATION_TEXT).ids[: self.config.max_position_embeddings]
+        quantize_model(self.model, quantization, calibration_ids=calibration)
         pack_linears(self.model)  # bf16 on CPU: weights in oneDNN's layout once, not per call
         cpu_kernels = cpu_kernels and torch.device(self.device).type == "cpu" and cpu_kernels_available()
         if cpu_kernels:
             fuse_layers(self.model)
-        self.tokenizer = tokenizer or read_tokenizer_file(model_dir)
         self.eos_token_ids = eos_token_ids(model_dir, self.config.eos_token_ids, self.tokenizer)
         self.max_context = self.config.max_position_embeddings
         if self.config.sliding_window:  # within the window, sliding attention is full attention
@@ -85,7 +90,7 @@ class NativeEngine:
         self.runner = ModelRunner(
             self.model, self.config, self.device, self.dtype, max_num_seqs, use_cuda_graphs=on_gpu,
             max_context=self.max_context, max_batch_tokens=self.max_batch_tokens, compile_decode=compile_decode,
-            decode_kernel=cpu_kernels,
+            attention_kernel=cpu_kernels,
         )
         # A shared prompt prefix (system prompt, instruction) is computed once: prefix_cache.py.
         self.prefix_cache = PrefixCache() if prefix_caching else None

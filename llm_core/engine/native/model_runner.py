@@ -4,9 +4,9 @@ Prefill packs every sequence's new tokens into one flat batch and computes the l
 where logits are needed; a prompt's cached prefix (prefix_cache.py) is copied into its slot
 instead of computed. Decode feeds one token per sequence; on CUDA it replays a captured
 graph (see cuda_graphs.py), on CPU it runs eagerly, or with compile_decode through
-torch.compile'd regions around attention (compiled_decode.py); CPU decode attention is the
-engine's own kernel (cpu_kernels.py) where it builds, SDPA over the cache cut to each
-group's longest context where it does not.
+torch.compile'd regions around attention (compiled_decode.py). CPU attention, prefill and
+decode, is the engine's own kernel (cpu_kernels.py) where it builds; where it does not, SDPA
+over padded sequences (prefill) or over the cache cut to each group's longest context (decode).
 Prefill stays eager: through the same regions it measured slower in the engine (issue 16).
 The cache's size is cache_plan's decision (free GPU memory on CUDA).
 """
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from llm_core.engine.native.attention import DecodeAttention, KernelDecodeAttention, PrefillAttention, length_groups
+from llm_core.engine.native.attention import (
+    DecodeAttention, KernelAttention, PrefillAttention, length_groups, packed_tokens,
+)
 from llm_core.engine.native.cache_plan import activation_reserve, kv_bytes_per_token, plan_cache
 from llm_core.engine.native.compiled_decode import CompiledDecode
 from llm_core.engine.native.cpu_kernels import cpu_kernels_available
@@ -35,7 +37,7 @@ class ModelRunner:
     def __init__(
         self, model: LlamaForCausalLM, cfg: ModelConfig, device: str, dtype: torch.dtype,
         max_num_seqs: int, use_cuda_graphs: bool, max_context: int | None = None, max_batch_tokens: int = 2048,
-        compile_decode: bool = False, decode_kernel: bool = True,
+        compile_decode: bool = False, attention_kernel: bool = True,
     ):
         self.model, self.cfg, self.device, self.dtype = model, cfg, device, dtype
         self.max_num_seqs = max_num_seqs
@@ -46,7 +48,8 @@ class ModelRunner:
         self.cache: KVCache | None = None
         self.graphs = None
         # CPU decode through torch.compile (compiled_decode.py), compiled now; CUDA replays graphs.
-        self.decode_kernel = decode_kernel and not self.on_cuda and cpu_kernels_available()
+        # CPU prefill and decode attention: the engine's kernel (cpu_kernels.py) where it builds.
+        self.attention_kernel = attention_kernel and not self.on_cuda and cpu_kernels_available()
         self.compiled_decode: CompiledDecode | None = None
         if compile_decode and not self.on_cuda:
             self.compiled_decode = CompiledDecode(model)
@@ -91,7 +94,10 @@ class ModelRunner:
         lens = [len(tokens) for _, _, tokens in chunks]
         flat = [t for _, _, tokens in chunks for t in tokens]
         input_ids = to_device(flat, self.device, torch.long)
-        backend = PrefillAttention(self.cache, slots, starts, lens, self.device)
+        if self.attention_kernel:
+            backend = KernelAttention(self.cache, *packed_tokens(slots, starts, lens, self.device))
+        else:
+            backend = PrefillAttention(self.cache, slots, starts, lens, self.device)
         hidden = self.model(input_ids, backend.positions, backend)
         if all_logits:
             return list(self.model.compute_logits(hidden).float().split(lens))
@@ -123,8 +129,8 @@ class ModelRunner:
             return self.graphs.run(last_tokens, positions)
         input_ids = to_device(last_tokens, self.device, torch.long)
         pos = to_device(positions, self.device, torch.long)
-        if self.decode_kernel:
-            backend = KernelDecodeAttention(self.cache, pos)
+        if self.attention_kernel:
+            backend = KernelAttention(self.cache, torch.arange(len(positions), device=self.device), pos)
         else:
             length = max(positions) + 1
             mask = (torch.arange(length, device=self.device)[None, :] <= pos[:, None])[:, None, None, :]

@@ -73,16 +73,22 @@ class Int8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, kernel={self.kernel}"
 
 
-def quantize_model(model: nn.Module, method: str = "int8", lm_head: bool | None = None) -> int:
+def quantize_model(model: nn.Module, method: str = "int8", lm_head: bool | None = None,
+                   calibration_ids: list[int] | None = None) -> int:
     """Replace the model's linear layers in place; returns how many were replaced. `none` does nothing.
 
     lm_head: None quantizes it only when it is not tied to the input embeddings: a tied one would
-    gain an int8 copy beside the embeddings it shares (more memory, and no faster on the CPU)."""
+    gain an int8 copy beside the embeddings it shares (more memory, and no faster on the CPU).
+    calibration_ids: w8a8 only, the tokens of smoothing.CALIBRATION_TEXT: SmoothQuant first."""
     if method not in QUANTIZATIONS:
         raise ValueError(f"quantization {method!r} is not supported (one of: {', '.join(QUANTIZATIONS)})")
     if method == "none":
         return 0
     if method == "w8a8":
+        if calibration_ids:
+            from llm_core.engine.native.smoothing import smooth_model
+
+            smooth_model(model, calibration_ids)
         return _quantize_w8a8(model)
     if lm_head is None:
         head, embed = getattr(model, "lm_head", None), getattr(model, "embed_tokens", None)

@@ -16,11 +16,11 @@ the engine warns (`w8a8.no_int8_dot_products`) and runs it anyway.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import structlog
 import torch
 from torch import nn
+
+from llm_core.device import cpu_flags
 
 log = structlog.get_logger()
 
@@ -30,10 +30,7 @@ INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 def cpu_int8_dot() -> bool:
     """Whether this CPU computes int8 dot products in hardware."""
-    try:
-        return bool(INT8_DOT_FLAGS & set(Path("/proc/cpuinfo").read_text().split()))
-    except OSError:
-        return False
+    return bool(INT8_DOT_FLAGS & (cpu_flags() or frozenset()))
 
 
 def onednn_int8() -> bool:

@@ -1,10 +1,14 @@
-// The decoder's RMSNorm on CPU in one pass where eager torch runs 6 ops (each a dispatch, an
-// allocation and a pass over the tensor; at decode sizes the op count, not the arithmetic, is
-// what costs). Registered as llmbatch::rms_norm. It rounds where llm_core/models/llama.py's
-// RMSNorm rounds, so results match it up to the order of a row's sum of squares:
+// The decoder's elementwise steps on CPU, one pass each where eager torch runs several ops (each a
+// dispatch, an allocation and a pass over the tensor; at decode sizes the op count, not the
+// arithmetic, is what costs). Each rounds where llm_core/models/llama.py / rope.py round:
 //   rms_norm(x, w, eps) = w * dtype(x32 * rsqrt(mean(x32^2) + eps))       x [T, H], w [H]
-// (A SiLU-and-multiply kernel was tried and removed: its scalar exp made it 3x slower than
-// torch's vectorized one.)
+//     (equal up to the order of a row's sum of squares)
+//   silu_mul(x) = dtype(silu(gate)) * up, gate and up the halves of x [T, 2I]  -> [T, I]
+//     (silu through vector_math.h's exp: within about 1e-7 relative of torch's)
+//   rotary_qkv(qkv, cos, sin, heads, kv_heads) -> q [T, heads, D], k and v [T, kv_heads, D]:
+//     rotate-half RoPE of q and k, dtype(x * cos) + dtype(rotate_half(x) * sin), v copied out
+//     (bit for bit rope.apply_rotary's)
+// Registered as llmbatch::rms_norm, llmbatch::silu_mul, llmbatch::rotary_qkv.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -12,11 +16,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
+
+#include "vector_math.h"
 
 namespace {
 
-// Rows per task: small batches (decode) run on one thread; OpenMP's fork costs more than the work.
-int64_t grain(int64_t row_size) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(row_size, 1)); }
+using namespace llmbatch;
 
 template <typename T>
 void rms_norm_rows(const T* x, const T* w, T* out, int64_t begin, int64_t end, int64_t H, float eps) {
@@ -55,12 +61,104 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   return out;
 }
 
+template <typename T>
+void silu_mul_rows(const T* x, T* out, int64_t begin, int64_t end, int64_t I) {
+  for (int64_t r = begin; r < end; ++r) {
+    const T* g = x + r * 2 * I;
+    const T* u = g + I;
+    T* o = out + r * I;
+    int64_t i = 0;
+    for (; i + kLanes <= I; i += kLanes) {
+      const vfloat xv = load_float(g + i);
+      const vfloat z = exp_negative_abs(xv);  // e^-|x|: sigmoid = 1 / (1 + z) for x >= 0, z / (1 + z) below
+      const vfloat silu = round_to<T>(xv * ((xv >= 0.f ? 1.f : z) / (1.f + z)));
+      store_float(o + i, silu * load_float(u + i));
+    }
+    for (; i < I; ++i) {  // the row's last partial vector
+      const float xf = static_cast<float>(g[i]);
+      const T silu = static_cast<T>(xf / (1.f + std::exp(-xf)));
+      o[i] = static_cast<T>(static_cast<float>(silu) * static_cast<float>(u[i]));
+    }
+  }
+}
+
+at::Tensor silu_mul(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) % 2 == 0 && x.device().is_cpu(), "silu_mul: x [T, 2 * I] on CPU expected");
+  auto xc = x.contiguous();
+  const int64_t T = xc.size(0), I = xc.size(1) / 2;
+  auto out = at::empty({T, I}, xc.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "silu_mul", [&] {
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, T, grain(2 * I), [&](int64_t begin, int64_t end) {
+      silu_mul_rows<scalar_t>(xp, op, begin, end, I);
+    });
+  });
+  return out;
+}
+
+// No contraction into fused multiply-adds: rope.apply_rotary rounds each product (and -ffast-math
+// would otherwise fuse them), which fp32 greedy parity with transformers relies on.
+template <typename T>
+__attribute__((optimize("fp-contract=off"))) void rotate_row(const T* x, const T* cos, const T* sin, T* out,
+                                                              int64_t D) {
+  const int64_t half = D / 2;
+  for (int64_t d = 0; d < D; ++d) {
+    const float rotated = d < half ? -static_cast<float>(x[d + half]) : static_cast<float>(x[d - half]);
+    const T a = static_cast<T>(static_cast<float>(x[d]) * static_cast<float>(cos[d]));
+    const T b = static_cast<T>(static_cast<float>(static_cast<T>(rotated)) * static_cast<float>(sin[d]));
+    out[d] = static_cast<T>(static_cast<float>(a) + static_cast<float>(b));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rotary_qkv(const at::Tensor& qkv, const at::Tensor& cos,
+                                                          const at::Tensor& sin, int64_t heads, int64_t kv_heads) {
+  TORCH_CHECK(qkv.dim() == 2 && cos.dim() == 2 && sin.sizes() == cos.sizes() && qkv.device().is_cpu(),
+              "rotary_qkv: qkv [T, (heads + 2 kv_heads) D], cos and sin [T, D] on CPU expected");
+  const int64_t T = qkv.size(0), D = cos.size(1);
+  TORCH_CHECK(heads > 0 && kv_heads > 0 && D % 2 == 0 && qkv.size(1) == (heads + 2 * kv_heads) * D &&
+                  cos.size(0) == T,
+              "rotary_qkv: shapes do not fit heads, kv_heads and cos");
+  TORCH_CHECK(cos.scalar_type() == qkv.scalar_type() && sin.scalar_type() == qkv.scalar_type(),
+              "rotary_qkv: cos and sin must have qkv's dtype");
+  auto xc = qkv.contiguous();
+  auto cc = cos.contiguous();
+  auto sc = sin.contiguous();
+  auto q = at::empty({T, heads, D}, xc.options());
+  auto k = at::empty({T, kv_heads, D}, xc.options());
+  auto v = at::empty({T, kv_heads, D}, xc.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "rotary_qkv", [&] {
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    const scalar_t* cp = cc.data_ptr<scalar_t>();
+    const scalar_t* sp = sc.data_ptr<scalar_t>();
+    scalar_t* qp = q.data_ptr<scalar_t>();
+    scalar_t* kp = k.data_ptr<scalar_t>();
+    scalar_t* vp = v.data_ptr<scalar_t>();
+    const int64_t width = (heads + 2 * kv_heads) * D;
+    at::parallel_for(0, T, grain(width), [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const scalar_t* row = xp + t * width;
+        for (int64_t h = 0; h < heads; ++h) rotate_row(row + h * D, cp + t * D, sp + t * D, qp + (t * heads + h) * D, D);
+        for (int64_t h = 0; h < kv_heads; ++h) {
+          rotate_row(row + (heads + h) * D, cp + t * D, sp + t * D, kp + (t * kv_heads + h) * D, D);
+        }
+        std::copy_n(row + (heads + kv_heads) * D, kv_heads * D, vp + t * kv_heads * D);
+      }
+    });
+  });
+  return {q, k, v};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(llmbatch, m) {
   m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
+  m.def("silu_mul(Tensor x) -> Tensor");
+  m.def("rotary_qkv(Tensor qkv, Tensor cos, Tensor sin, int heads, int kv_heads) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(llmbatch, CPU, m) {
   m.impl("rms_norm", &rms_norm);
+  m.impl("silu_mul", &silu_mul);
+  m.impl("rotary_qkv", &rotary_qkv);
 }

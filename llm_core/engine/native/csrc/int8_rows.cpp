@@ -13,9 +13,46 @@
 #include <tuple>
 #include <vector>
 
+#include "vector_math.h"
+
 namespace {
 
-int64_t grain(int64_t row_size) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(row_size, 1)); }
+using namespace llmbatch;
+
+typedef uint8_t vu8 __attribute__((vector_size(kLanes)));
+typedef uint8_t vu8_u __attribute__((vector_size(kLanes), aligned(1)));
+
+inline vfloat abs_value(vfloat x) { return reinterpret_cast<vfloat>(reinterpret_cast<vint>(x) & 0x7FFFFFFF); }
+
+// Rounds half away from zero (torch.round: half to even; ties are rare in activations, and at
+// most one step apart), clamps to -127..127, adds the zero point.
+inline int32_t quantize_one(float v) {
+  const float r = v >= 0.f ? v + 0.5f : v - 0.5f;
+  return std::min(127, std::max(-127, static_cast<int32_t>(r))) + 128;
+}
+
+template <typename T>
+void quantize_row(const T* x, uint8_t* q, float* scale_out, int64_t K) {
+  vfloat vmax = {};
+  int64_t i = 0;
+  for (; i + kLanes <= K; i += kLanes) {
+    const vfloat a = abs_value(load_float(x + i));
+    vmax = a > vmax ? a : vmax;
+  }
+  float amax = 0.f;
+  for (int64_t l = 0; l < kLanes; ++l) amax = std::max(amax, vmax[l]);
+  for (; i < K; ++i) amax = std::max(amax, std::abs(static_cast<float>(x[i])));
+  const float scale = std::max(amax, 1e-12f) / 127.f;
+  const float inv = 1.f / scale;
+  for (i = 0; i + kLanes <= K; i += kLanes) {
+    const vfloat v = load_float(x + i) * inv;
+    const vint r = __builtin_convertvector(v + (v >= 0.f ? 0.5f : -0.5f), vint);
+    const vint clamped = (r > 127 ? 127 : r) < -127 ? -127 : (r > 127 ? 127 : r);
+    *reinterpret_cast<vu8_u*>(q + i) = __builtin_convertvector(clamped + 128, vu8);
+  }
+  for (; i < K; ++i) q[i] = static_cast<uint8_t>(quantize_one(static_cast<float>(x[i]) * inv));
+  *scale_out = scale;
+}
 
 std::tuple<at::Tensor, at::Tensor> quantize_rows_u8(const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 2 && x.device().is_cpu(), "quantize_rows_u8: a 2-d CPU tensor expected");
@@ -28,22 +65,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_u8(const at::Tensor& x) {
     uint8_t* qp = q.data_ptr<uint8_t>();
     float* sp = scales.data_ptr<float>();
     at::parallel_for(0, M, grain(K), [&](int64_t begin, int64_t end) {
-      std::vector<float> buffer(K);
-      float* row = buffer.data();
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* xr = xp + r * K;
-        for (int64_t i = 0; i < K; ++i) row[i] = static_cast<float>(xr[i]);  // plain float loops vectorize
-        float amax = 0.f;
-        for (int64_t i = 0; i < K; ++i) amax = std::max(amax, std::abs(row[i]));
-        const float scale = std::max(amax, 1e-12f) / 127.f;
-        const float inv = 1.f / scale;
-        uint8_t* qr = qp + r * K;
-        for (int64_t i = 0; i < K; ++i) {
-          const float v = std::nearbyint(row[i] * inv);
-          qr[i] = static_cast<uint8_t>(static_cast<int32_t>(std::min(127.f, std::max(-127.f, v))) + 128);
-        }
-        sp[r] = scale;
-      }
+      for (int64_t r = begin; r < end; ++r) quantize_row(xp + r * K, qp + r * K, sp + r, K);
     });
   });
   return {q, scales};
@@ -61,7 +83,9 @@ at::Tensor scale_rows_(at::Tensor out, const at::Tensor& scales) {
       for (int64_t r = begin; r < end; ++r) {
         scalar_t* o = op + r * N;
         const float s = sp[r];
-        for (int64_t i = 0; i < N; ++i) o[i] = static_cast<scalar_t>(static_cast<float>(o[i]) * s);
+        int64_t i = 0;
+        for (; i + kLanes <= N; i += kLanes) store_float(o + i, load_float(o + i) * s);
+        for (; i < N; ++i) o[i] = static_cast<scalar_t>(static_cast<float>(o[i]) * s);
       }
     });
   });
