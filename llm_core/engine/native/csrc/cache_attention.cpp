@@ -276,7 +276,7 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     auto* one = D == 64 ? attend_one<scalar_t, 64> : D == 128 ? attend_one<scalar_t, 128> : attend_one<scalar_t, 0>;
     decltype(&attend_run<scalar_t, 1>) by_vecs[] = {attend_run<scalar_t, 1>, attend_run<scalar_t, 2>,
                                                    attend_run<scalar_t, 3>, attend_run<scalar_t, 4>};
-    const float sc = static_cast<float>(scale);
+    const float scale_f = static_cast<float>(scale);
     at::parallel_for(0, static_cast<int64_t>(runs.size()) * H, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> scores;
       RunScratch scratch;
@@ -286,7 +286,7 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::T
         const int64_t h = task % H, rows = G * D;
         const int64_t base = s[a] * slot_stride + h * head_stride;
         if (n == 1) {
-          one(qp + (a * H + h) * rows, kp + base, vp + base, op + (a * H + h) * rows, p[a] + 1, G, D, sc, scores);
+          one(qp + (a * H + h) * rows, kp + base, vp + base, op + (a * H + h) * rows, p[a] + 1, G, D, scale_f, scores);
           continue;
         }
         // The run's query rows (tokens a..a+n-1 of head h) gathered as [n * G, D].
@@ -296,7 +296,7 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::T
           std::copy_n(qp + ((a + j) * H + h) * rows, rows, q_run.data() + j * rows);
         }
         by_vecs[(n * G + kLanes - 1) / kLanes - 1](q_run.data(), kp + base, vp + base, out_run.data(), p[a], n, G, D,
-                                                  sc, scratch);
+                                                  scale_f, scratch);
         for (int64_t j = 0; j < n; ++j) {
           std::copy_n(out_run.data() + j * rows, rows, op + ((a + j) * H + h) * rows);
         }
