@@ -72,7 +72,7 @@ def _load() -> bool:
 
 
 def _register_shapes() -> None:
-    """Output shapes for torch.compile (compiled_decode.py traces the fused norms)."""
+    """Output shapes for torch.compile (compiled_decode.py traces the fused norms and SiLU-multiply)."""
     torch.library.register_fake("llmbatch::rms_norm")(lambda x, w, eps: torch.empty_like(x))
     torch.library.register_fake("llmbatch::silu_mul")(lambda x: x.new_empty(x.shape[0], x.shape[1] // 2))
     torch.library.register_fake("llmbatch::rotary_qkv")(_rotary_qkv_shapes)

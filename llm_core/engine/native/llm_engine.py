@@ -62,8 +62,8 @@ class NativeEngine:
         here. Off by default: no faster than eager on the 2-core AVX2 machine it was measured on
         (benchmarks/RESULTS.md); benchmarks/engine.py's `+compile` measures it elsewhere.
         cpu_kernels: on CPU, the engine's kernels where they build (cpu_kernels.py): prefill and
-        decode attention, and RMSNorm in one pass (fused_layers.py); False runs torch's ops, SDPA and the
-        model's own modules (for side-by-side measurements)."""
+        decode attention, and RMSNorm, SiLU-and-multiply and RoPE in one pass each (fused_layers.py);
+        False runs torch's ops, SDPA and the model's own modules (for side-by-side measurements)."""
         model_dir = Path(model_dir)
         self.device = pick_device(device)
         # A LoRA adapter is merged as the weights load, before the dtype cast and quantization.

@@ -47,7 +47,8 @@ void quantize_row(const T* x, uint8_t* q, float* scale_out, int64_t K) {
   for (i = 0; i + kLanes <= K; i += kLanes) {
     const vfloat v = load_float(x + i) * inv;
     const vint r = __builtin_convertvector(v + (v >= 0.f ? 0.5f : -0.5f), vint);
-    const vint clamped = (r > 127 ? 127 : r) < -127 ? -127 : (r > 127 ? 127 : r);
+    const vint below = r > 127 ? 127 : r;
+    const vint clamped = below < -127 ? -127 : below;
     *reinterpret_cast<vu8_u*>(q + i) = __builtin_convertvector(clamped + 128, vu8);
   }
   for (; i < K; ++i) q[i] = static_cast<uint8_t>(quantize_one(static_cast<float>(x[i]) * inv));
