@@ -9,7 +9,9 @@
 weights, `+w8a8` for int8 weights and activations, `+compile` for the CPU decode step through
 torch.compile (compiled once, before the runs; llm_core/engine/native/compiled_decode.py),
 `:noprefix` for prefix caching off, `:nokernels` for torch's ops (SDPA, the model's own norms)
-instead of the engine's CPU kernels (cpu_kernels.py).
+instead of the engine's CPU kernels (cpu_kernels.py), `:nolayers` for W8A8 module by module
+(each projection quantizing and rescaling in passes of its own) instead of W8A8DecoderLayer's
+fused chain (w8a8_layers.py).
 transformers runs once per dtype the list names.
 
 EOS is ignored so both sides generate exactly --max-new-tokens per prompt. Runs alternate
@@ -29,6 +31,7 @@ allocates a larger KV cache or captures CUDA graphs: see warmup_prompts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -39,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm_core.engine.native import NativeEngine  # noqa: E402
+from llm_core.engine.native import NativeEngine, fused_layers  # noqa: E402
 from llm_core.engine.native.compiled_decode import recompile_count  # noqa: E402
 from llm_core.engine.hf import HFEngine  # noqa: E402
 from llm_core.engine.sampling import SamplingParams  # noqa: E402
@@ -63,14 +66,28 @@ def parse_native(spec: str) -> dict:
     body, *flags = spec.split(":")
     dtype, *options = body.split("+")
     if (dtype not in DTYPE_NAMES or not set(options) <= {"int8", "w8a8", "compile"} or {"int8", "w8a8"} <= set(options)
-            or len(set(options)) < len(options) or not set(flags) <= {"noprefix", "nokernels"}
+            or len(set(options)) < len(options) or not set(flags) <= {"noprefix", "nokernels", "nolayers"}
             or len(set(flags)) < len(flags)):
         raise SystemExit(f"--native: cannot read {spec!r} (e.g. fp32, bf16, bf16+int8, fp32+compile, bf16:noprefix, "
                          "bf16:nokernels)")
     quantization = next((q for q in ("int8", "w8a8") if q in options), "none")
     return {"label": f"native {spec}", "dtype": DTYPE_NAMES[dtype], "quantization": quantization,
             "compile": "compile" in options, "prefix_caching": "noprefix" not in flags,
-            "cpu_kernels": "nokernels" not in flags}
+            "cpu_kernels": "nokernels" not in flags, "w8a8_layers": "nolayers" not in flags}
+
+
+@contextlib.contextmanager
+def w8a8_layers(on: bool):
+    """Off: engines built inside keep W8A8 module by module (no layer is fusable), for `:nolayers`."""
+    if on:
+        yield
+        return
+    original = fused_layers.fusable
+    fused_layers.fusable = lambda layer: False
+    try:
+        yield
+    finally:
+        fused_layers.fusable = original
 
 
 def compile_report(engine: NativeEngine, load_s: float) -> str:
@@ -154,14 +171,16 @@ def main() -> None:
     else:
         configs = [{"label": "native", "dtype": args.dtype, "quantization": args.quantization,
                     "compile": args.compile == "on", "prefix_caching": not args.no_prefix_caching,
-                    "cpu_kernels": True}]
+                    "cpu_kernels": True, "w8a8_layers": True}]
     engines: dict[str, object] = {}
     compiles: dict[str, str] = {}  # label -> what compiling its decode step cost
     for c in configs:
         start = time.perf_counter()
-        engines[c["label"]] = NativeEngine(model_dir, device=args.device, dtype=c["dtype"], max_num_seqs=args.batch_size,
-                                           quantization=c["quantization"], prefix_caching=c["prefix_caching"],
-                                           compile_decode=c["compile"], cpu_kernels=c["cpu_kernels"])
+        with w8a8_layers(c["w8a8_layers"]):
+            engines[c["label"]] = NativeEngine(
+                model_dir, device=args.device, dtype=c["dtype"], max_num_seqs=args.batch_size,
+                quantization=c["quantization"], prefix_caching=c["prefix_caching"], compile_decode=c["compile"],
+                cpu_kernels=c["cpu_kernels"])
         if c["compile"]:
             compiles[c["label"]] = compile_report(engines[c["label"]], time.perf_counter() - start)
     hf_of: dict[str, str] = {}  # native label -> the transformers engine of its dtype

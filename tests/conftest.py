@@ -22,4 +22,5 @@ pytest_plugins = [
     "tests.support.infra_support",  # registry
     "tests.support.chromium",  # chromium
     "tests.support.s3_jobs",  # data_bucket (S3 job and chaos tests)
+    "tests.support.run_report",  # failures printed as they happen; the session's deadline
 ]

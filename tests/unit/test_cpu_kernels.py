@@ -163,11 +163,15 @@ def test_switched_off_kernels_are_not_loaded(monkeypatch):
 def test_a_failed_build_is_a_warning_not_an_error(monkeypatch, tmp_path):
     """No compiler (or a broken one): the engine keeps SDPA."""
     monkeypatch.delenv("LLMBATCH_CPU_KERNELS", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))  # not the user's cache
     broken = tmp_path / "broken.cpp"
     broken.write_text("this is not C++\n")
     monkeypatch.setattr(cpu_kernels, "SOURCES", (broken,))
     monkeypatch.setattr(torch.ops, "llmbatch", type("NoOps", (), {})(), raising=False)
     assert cpu_kernels._load() is False
+    build_dir = cpu_kernels._build_dir(cpu_kernels._build_name())
+    assert build_dir.is_relative_to(tmp_path / "extensions") and (build_dir / "build.ninja").exists()
+    assert not (build_dir / "lock").exists()  # the failed build released torch's lock too
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])

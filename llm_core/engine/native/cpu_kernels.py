@@ -1,21 +1,25 @@
 """The native engine's CPU kernels (csrc/*.cpp), built on first use into one library:
 prefill and decode attention over the KV cache (cache_attention.cpp), RMSNorm, SiLU-and-multiply
 and RoPE (fused_elementwise.cpp),
-and the per-row quantize / rescale around W8A8 matmuls (int8_rows.cpp), all `torch.ops.llmbatch.*`.
+and the per-row quantize / rescale around W8A8 matmuls, alone or folded into the norms, SiLU-multiply
+and residual adds (int8_rows.cpp, w8a8_layers.py), all `torch.ops.llmbatch.*`.
 
 Built with torch's C++ extension builder (needs a C++ compiler, as torch.compile does) into
 torch's extension cache, once per machine kind: the build is named after a hash of the sources
 and of the CPU's flags, since it is compiled for this CPU's vector instructions (-march=native)
-and a cache shared across different nodes must not hand one node another's build. If the build
-fails, or LLMBATCH_CPU_KERNELS=off, the engine runs torch's ops as before (SDPA attention,
-eager norms, eager activation quantization), with a warning when the build failed: a job never
-fails for want of a faster path.
+and a cache shared across different nodes must not hand one node another's build. Processes
+build and load under build_lock.py's lock, which a builder killed mid-build does not leave held
+(torch's own lock file would stall every later actor forever). If the build fails, waits past
+BUILD_WAIT_S, or LLMBATCH_CPU_KERNELS=off, the engine runs torch's ops as before (SDPA
+attention, eager norms, eager activation quantization), with a warning when the build failed: a
+job never fails for want of a faster path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,11 +28,13 @@ import structlog
 import torch
 
 from llm_core.device import cpu_flags
+from llm_core.engine.native.build_lock import build_lock
 
 log = structlog.get_logger()
 
 SOURCES = tuple(sorted((Path(__file__).parent / "csrc").glob("*.cpp")))
 HEADERS = tuple(sorted((Path(__file__).parent / "csrc").glob("*.h")))  # in the build name's hash, not compiled alone
+BUILD_WAIT_S = 600.0  # a build takes 10-60 s; past this another process's build is taken as stuck
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
@@ -37,6 +43,15 @@ def _build_name() -> str:
     text = b"".join(source.read_bytes() for source in (*SOURCES, *HEADERS))
     digest = hashlib.sha256(text + " ".join(sorted(cpu_flags() or ())).encode() + torch.__version__.encode()).hexdigest()
     return f"llmbatch_cpu_kernels_{digest[:16]}"
+
+
+def _build_dir(name: str) -> Path:
+    """Where the build lives: torch's extension cache (TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions),
+    a folder per Python version (the library links against its headers)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    return root / f"llmbatch_py{sys.version_info.major}{sys.version_info.minor}" / name
 
 
 def cpu_kernels_available() -> bool:
@@ -60,13 +75,16 @@ def _load() -> bool:
         start = time.perf_counter()
         name = _build_name()
         log.info("cpu_kernels.loading", build=name, detail="compiled on a machine's first use, then cached")
-        load(name=name, sources=[str(s) for s in SOURCES], is_python_module=False, verbose=False,
-             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
-             extra_ldflags=["-fopenmp"])
+        build_dir = _build_dir(name)
+        with build_lock(build_dir, BUILD_WAIT_S):
+            load(name=name, sources=[str(s) for s in SOURCES], is_python_module=False, verbose=False,
+                 build_directory=str(build_dir),
+                 extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
+                 extra_ldflags=["-fopenmp"])
         _register_shapes()
         log.info("cpu_kernels.ready", build=name, seconds=round(time.perf_counter() - start, 1))
         return True
-    except Exception as exc:  # noqa: BLE001 - no compiler, headers, ...: SDPA still works
+    except Exception as exc:  # noqa: BLE001 - no compiler, headers, a stuck build...: SDPA still works
         log.warning("cpu_kernels.unavailable", error=str(exc)[:500])
         return False
 
@@ -80,7 +98,7 @@ def _register_shapes() -> None:
         lambda q, k, v, k_cache, v_cache, slots, pos, scale: torch.empty_like(q))
 
 
-def _rotary_qkv_shapes(qkv, cos, sin, heads, kv_heads):
+def _rotary_qkv_shapes(qkv, cos, sin, heads, kv_heads, scales=None):
     tokens, head_dim = qkv.shape[0], cos.shape[1]
     return (qkv.new_empty(tokens, heads, head_dim), qkv.new_empty(tokens, kv_heads, head_dim),
             qkv.new_empty(tokens, kv_heads, head_dim))

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from llm_core.models.attention import AttentionBackend
-from llm_core.models.llama import MLP, Attention, RMSNorm
+from llm_core.engine.native.w8a8_layers import W8A8DecoderLayer, fusable
+from llm_core.models.llama import MLP, Attention, DecoderLayer, RMSNorm
 
 
 class FusedRMSNorm(nn.Module):
@@ -57,11 +58,17 @@ class FusedAttention(nn.Module):
 FUSED = {RMSNorm: FusedRMSNorm, MLP: FusedMLP, Attention: FusedAttention}
 
 
-def fuse_layers(model: nn.Module) -> int:
-    """Swap the model's RMSNorm, MLP and Attention modules for their fused twins, in place;
-    returns how many."""
+def fuse_layers(model: nn.Module, w8a8_layers: bool = True) -> int:
+    """Swap the model's RMSNorm, MLP and Attention modules for their fused twins, in place, and
+    with w8a8_layers, decoder layers whose projections are all W8A8 for W8A8DecoderLayer
+    (w8a8_layers.py); returns how many modules were swapped."""
+    whole = [(parent, child, W8A8DecoderLayer) for parent in model.modules()
+             for child, module in parent.named_children()
+             if w8a8_layers and type(module) is DecoderLayer and fusable(module)]
+    for parent, child, fused in whole:
+        setattr(parent, child, fused(getattr(parent, child)))
     targets = [(parent, child, FUSED[type(module)]) for parent in model.modules()
                for child, module in parent.named_children() if type(module) in FUSED]
     for parent, child, fused in targets:
         setattr(parent, child, fused(getattr(parent, child)))
-    return len(targets)
+    return len(whole) + len(targets)

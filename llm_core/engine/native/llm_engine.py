@@ -79,7 +79,7 @@ class NativeEngine:
         pack_linears(self.model)  # bf16 on CPU: weights in oneDNN's layout once, not per call
         cpu_kernels = cpu_kernels and torch.device(self.device).type == "cpu" and cpu_kernels_available()
         if cpu_kernels:
-            fuse_layers(self.model)
+            fuse_layers(self.model, w8a8_layers=not compile_decode)  # compiled_decode.py reads the modules
         self.eos_token_ids = eos_token_ids(model_dir, self.config.eos_token_ids, self.tokenizer)
         self.max_context = self.config.max_position_embeddings
         if self.config.sliding_window:  # within the window, sliding attention is full attention

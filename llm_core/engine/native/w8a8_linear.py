@@ -61,15 +61,22 @@ class W8A8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.fused = fused  # the CPU kernels built: one pass each for quantize and rescale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [M, in] -> (u8 [M, in], fp32 row scales [M, 1]): what matmul_u8 takes."""
         if self.fused:
-            q, row_scales = torch.ops.llmbatch.quantize_rows_u8(flat)
-        else:
-            q, row_scales = quantize_rows_u8_eager(flat)
-        out = torch.ops.onednn.qlinear_pointwise(
+            return torch.ops.llmbatch.quantize_rows_u8(x)
+        return quantize_rows_u8_eager(x)
+
+    def matmul_u8(self, q: torch.Tensor) -> torch.Tensor:
+        """The int8 matmul of quantized rows, dequantized by the weight scales only: the row
+        scales (and the bias) are still to apply (forward, or a kernel that folds them in)."""
+        return torch.ops.onednn.qlinear_pointwise(
             q, 1.0, ZERO_POINT, self.packed, self.scales, self.zero_points, None, 1.0, 0, self.dtype, "none", [], ""
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, row_scales = self.quantize(x.reshape(-1, self.in_features))
+        out = self.matmul_u8(q)
         if self.fused:
             torch.ops.llmbatch.scale_rows_(out, row_scales)
         else:

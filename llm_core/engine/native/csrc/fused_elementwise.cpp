@@ -7,7 +7,8 @@
 //     (silu through vector_math.h's exp: within about 1e-7 relative of torch's)
 //   rotary_qkv(qkv, cos, sin, heads, kv_heads) -> q [T, heads, D], k and v [T, kv_heads, D]:
 //     rotate-half RoPE of q and k, dtype(x * cos) + dtype(rotate_half(x) * sin), v copied out
-//     (bit for bit rope.apply_rotary's)
+//     (bit for bit rope.apply_rotary's); with scales [T] (a W8A8 matmul's row scales), of
+//     dtype(qkv * scales) instead, as scale_rows_ would round it
 // Registered as llmbatch::rms_norm, llmbatch::silu_mul, llmbatch::rotary_qkv.
 
 #include <ATen/ATen.h>
@@ -16,31 +17,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <tuple>
+#include <vector>
 
-#include "vector_math.h"
+#include "row_ops.h"
 
 namespace {
 
 using namespace llmbatch;
 
-template <typename T>
-void rms_norm_rows(const T* x, const T* w, T* out, int64_t begin, int64_t end, int64_t H, float eps) {
-  for (int64_t r = begin; r < end; ++r) {
-    const T* xr = x + r * H;
-    T* o = out + r * H;
-    float ss = 0.f;
-    for (int64_t i = 0; i < H; ++i) {
-      const float v = static_cast<float>(xr[i]);
-      ss += v * v;
-    }
-    const float inv = 1.f / std::sqrt(ss / static_cast<float>(H) + eps);
-    for (int64_t i = 0; i < H; ++i) {
-      const T normed = static_cast<T>(static_cast<float>(xr[i]) * inv);
-      o[i] = static_cast<T>(static_cast<float>(w[i]) * static_cast<float>(normed));
-    }
-  }
-}
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 1 && x.size(1) == w.size(0), "rms_norm: x [T, H] and w [H] expected");
@@ -55,32 +41,12 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
     const scalar_t* wp = wc.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, T, grain(H), [&](int64_t begin, int64_t end) {
-      rms_norm_rows<scalar_t>(xp, wp, op, begin, end, H, static_cast<float>(eps));
+      for (int64_t r = begin; r < end; ++r) rms_norm_row<scalar_t>(xp + r * H, wp, op + r * H, H, static_cast<float>(eps));
     });
   });
   return out;
 }
 
-template <typename T>
-void silu_mul_rows(const T* x, T* out, int64_t begin, int64_t end, int64_t I) {
-  for (int64_t r = begin; r < end; ++r) {
-    const T* g = x + r * 2 * I;
-    const T* u = g + I;
-    T* o = out + r * I;
-    int64_t i = 0;
-    for (; i + kLanes <= I; i += kLanes) {
-      const vfloat xv = load_float(g + i);
-      const vfloat z = exp_negative_abs(xv);  // e^-|x|: sigmoid = 1 / (1 + z) for x >= 0, z / (1 + z) below
-      const vfloat silu = round_to<T>(xv * ((xv >= 0.f ? 1.f : z) / (1.f + z)));
-      store_float(o + i, silu * load_float(u + i));
-    }
-    for (; i < I; ++i) {  // the row's last partial vector
-      const float xf = static_cast<float>(g[i]);
-      const T silu = static_cast<T>(xf / (1.f + std::exp(-xf)));
-      o[i] = static_cast<T>(static_cast<float>(silu) * static_cast<float>(u[i]));
-    }
-  }
-}
 
 at::Tensor silu_mul(const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 2 && x.size(1) % 2 == 0 && x.device().is_cpu(), "silu_mul: x [T, 2 * I] on CPU expected");
@@ -91,28 +57,16 @@ at::Tensor silu_mul(const at::Tensor& x) {
     const scalar_t* xp = xc.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, T, grain(2 * I), [&](int64_t begin, int64_t end) {
-      silu_mul_rows<scalar_t>(xp, op, begin, end, I);
+      for (int64_t r = begin; r < end; ++r) silu_mul_row<scalar_t>(xp + r * 2 * I, xp + r * 2 * I + I, op + r * I, I);
     });
   });
   return out;
 }
 
-// No contraction into fused multiply-adds: rope.apply_rotary rounds each product (and -ffast-math
-// would otherwise fuse them), which fp32 greedy parity with transformers relies on.
-template <typename T>
-__attribute__((optimize("fp-contract=off"))) void rotate_row(const T* x, const T* cos, const T* sin, T* out,
-                                                              int64_t D) {
-  const int64_t half = D / 2;
-  for (int64_t d = 0; d < D; ++d) {
-    const float rotated = d < half ? -static_cast<float>(x[d + half]) : static_cast<float>(x[d - half]);
-    const T a = static_cast<T>(static_cast<float>(x[d]) * static_cast<float>(cos[d]));
-    const T b = static_cast<T>(static_cast<float>(static_cast<T>(rotated)) * static_cast<float>(sin[d]));
-    out[d] = static_cast<T>(static_cast<float>(a) + static_cast<float>(b));
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rotary_qkv(const at::Tensor& qkv, const at::Tensor& cos,
-                                                          const at::Tensor& sin, int64_t heads, int64_t kv_heads) {
+                                                          const at::Tensor& sin, int64_t heads, int64_t kv_heads,
+                                                          const std::optional<at::Tensor>& scales) {
   TORCH_CHECK(qkv.dim() == 2 && cos.dim() == 2 && sin.sizes() == cos.sizes() && qkv.device().is_cpu(),
               "rotary_qkv: qkv [T, (heads + 2 kv_heads) D], cos and sin [T, D] on CPU expected");
   const int64_t T = qkv.size(0), D = cos.size(1);
@@ -121,7 +75,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rotary_qkv(const at::Tensor& qkv,
               "rotary_qkv: shapes do not fit heads, kv_heads and cos");
   TORCH_CHECK(cos.scalar_type() == qkv.scalar_type() && sin.scalar_type() == qkv.scalar_type(),
               "rotary_qkv: cos and sin must have qkv's dtype");
+  if (scales.has_value()) {
+    TORCH_CHECK(scales->scalar_type() == at::kFloat && scales->numel() == T && scales->device().is_cpu(),
+                "rotary_qkv: fp32 CPU scales, one a token, expected");
+  }
   auto xc = qkv.contiguous();
+  auto rs = scales.has_value() ? scales->contiguous() : at::Tensor();
   auto cc = cos.contiguous();
   auto sc = sin.contiguous();
   auto q = at::empty({T, heads, D}, xc.options());
@@ -135,9 +94,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rotary_qkv(const at::Tensor& qkv,
     scalar_t* kp = k.data_ptr<scalar_t>();
     scalar_t* vp = v.data_ptr<scalar_t>();
     const int64_t width = (heads + 2 * kv_heads) * D;
+    const float* row_scales = rs.defined() ? rs.data_ptr<float>() : nullptr;
     at::parallel_for(0, T, grain(width), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scaled(row_scales != nullptr ? width : 0);
       for (int64_t t = begin; t < end; ++t) {
         const scalar_t* row = xp + t * width;
+        if (row_scales != nullptr) {  // a W8A8 matmul's output: its dequantization first, rounded as scale_rows_
+          scale_row(row, scaled.data(), row_scales[t], width);
+          row = scaled.data();
+        }
         for (int64_t h = 0; h < heads; ++h) rotate_row(row + h * D, cp + t * D, sp + t * D, qp + (t * heads + h) * D, D);
         for (int64_t h = 0; h < kv_heads; ++h) {
           rotate_row(row + (heads + h) * D, cp + t * D, sp + t * D, kp + (t * kv_heads + h) * D, D);
@@ -154,7 +119,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rotary_qkv(const at::Tensor& qkv,
 TORCH_LIBRARY_FRAGMENT(llmbatch, m) {
   m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
   m.def("silu_mul(Tensor x) -> Tensor");
-  m.def("rotary_qkv(Tensor qkv, Tensor cos, Tensor sin, int heads, int kv_heads) -> (Tensor, Tensor, Tensor)");
+  m.def("rotary_qkv(Tensor qkv, Tensor cos, Tensor sin, int heads, int kv_heads, Tensor? scales=None) -> "
+        "(Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(llmbatch, CPU, m) {
