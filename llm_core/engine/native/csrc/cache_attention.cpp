@@ -36,6 +36,41 @@ using namespace llmbatch;
 constexpr int64_t kMaxGroup = 16;   // query heads per KV head
 constexpr int64_t kMaxHeadDim = 256;
 
+// Keys this far ahead are prefetched: a sequence's keys and values come from memory, not cache
+// (a layer's cache is megabytes, every layer's far more than the caches), and the hardware
+// prefetchers stop at each 4 KiB page.
+constexpr int64_t kPrefetchKeys = 2 * kLanes;
+
+template <typename T>
+inline void prefetch_rows(const T* base, int64_t from, int64_t to, int64_t D) {
+  const char* first = reinterpret_cast<const char*>(base + from * D);
+  const char* last = reinterpret_cast<const char*>(base + to * D);
+  for (const char* line = first; line < last; line += 64) __builtin_prefetch(line);
+}
+
+// Query heads whose value sums fit in registers at once: 16 vectors.
+template <int64_t kD>
+constexpr int64_t kValueHeads = std::max<int64_t>(1, 16 / (kD / kLanes));
+
+// acc[g][:] = sum_t scores[g][t] * v[t][:] for kG heads, the sums in kG x kD / 16 registers.
+template <typename T, int64_t kD, int64_t kG>
+void weigh_values(const float* scores, int64_t n_pad, const T* v, int64_t n, float* acc) {
+  constexpr int64_t kV = kD / kLanes;
+  vfloat sums[kG][kV] = {};
+  for (int64_t t = 0; t < n; ++t) {
+    if (t % 8 == 0) prefetch_rows(v, t + kPrefetchKeys, std::min(n, t + kPrefetchKeys + 8), kD);
+    vfloat row[kV];
+    for (int64_t i = 0; i < kV; ++i) row[i] = load_float(v + t * kD + i * kLanes);
+    for (int64_t g = 0; g < kG; ++g) {
+      const float p = scores[g * n_pad + t];
+      for (int64_t i = 0; i < kV; ++i) sums[g][i] += p * row[i];
+    }
+  }
+  for (int64_t g = 0; g < kG; ++g) {
+    for (int64_t i = 0; i < kV; ++i) store(acc + g * kD + i * kLanes, sums[g][i]);
+  }
+}
+
 // Decode: one token, its G query heads against keys 0..n-1 of one KV head.
 // kD > 0: the head size as a compile-time constant (fully unrolled loops); 0: D at run time.
 // Scores of 16 keys at a time: per key a vector of partial products, summed across lanes for
@@ -58,9 +93,10 @@ void attend_one(const T* q, const T* k, const T* v, T* out, int64_t n, int64_t G
   int64_t t = 0;
   if (D % kLanes == 0) {
     for (; t + kLanes <= n; t += kLanes) {
+      prefetch_rows(k, t + kPrefetchKeys, std::min(n, t + kPrefetchKeys + kLanes), D);
       for (int64_t j = 0; j < kLanes; ++j) {
         const T* kr = k + (t + kBitReversed[j]) * D;
-        for (int64_t d = 0; d < D; ++d) block[j * D + d] = static_cast<float>(kr[d]);
+        for (int64_t d = 0; d < D; d += kLanes) store(block + j * D + d, load_float(kr + d));
       }
       for (int64_t g = 0; g < G; ++g) {
         const float* qg = qf + g * D;
@@ -104,14 +140,28 @@ void attend_one(const T* q, const T* k, const T* v, T* out, int64_t n, int64_t G
     }
     inv_sum[g] = 1.f / lane_sum(sum);
   }
-  // Pass 3: the weighted sum of values, each value row read once for all G heads.
-  for (int64_t t = 0; t < n; ++t) {
-    const T* vr = v + t * D;
-    for (int64_t d = 0; d < D; ++d) row[d] = static_cast<float>(vr[d]);
-    for (int64_t g = 0; g < G; ++g) {
-      const float p = scores[g * n_pad + t];
-      float* ag = acc + g * D;
-      for (int64_t d = 0; d < D; ++d) ag[d] += p * row[d];
+  // Pass 3: the weighted sum of values, each value row read once for all G heads (for a known
+  // head size, up to kValueHeads<kD> heads at a time with their sums in registers).
+  if constexpr (kD > 0 && kD % kLanes == 0) {
+    constexpr int64_t chunk = kValueHeads<kD>;
+    for (int64_t g = 0; g < G; g += chunk) {
+      const float* sg = scores.data() + g * n_pad;
+      switch (std::min(chunk, G - g)) {
+        case 1: weigh_values<T, kD, 1>(sg, n_pad, v, n, acc + g * D); break;
+        case 2: weigh_values<T, kD, std::min<int64_t>(2, chunk)>(sg, n_pad, v, n, acc + g * D); break;
+        case 3: weigh_values<T, kD, std::min<int64_t>(3, chunk)>(sg, n_pad, v, n, acc + g * D); break;
+        default: weigh_values<T, kD, chunk>(sg, n_pad, v, n, acc + g * D); break;
+      }
+    }
+  } else {
+    for (int64_t t = 0; t < n; ++t) {
+      const T* vr = v + t * D;
+      for (int64_t d = 0; d < D; ++d) row[d] = static_cast<float>(vr[d]);
+      for (int64_t g = 0; g < G; ++g) {
+        const float p = scores[g * n_pad + t];
+        float* ag = acc + g * D;
+        for (int64_t d = 0; d < D; ++d) ag[d] += p * row[d];
+      }
     }
   }
   for (int64_t g = 0; g < G; ++g) {
@@ -285,6 +335,12 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::T
         const auto [a, n] = runs[task / H];
         const int64_t h = task % H, rows = G * D;
         const int64_t base = s[a] * slot_stride + h * head_stride;
+        if (task + 1 < end) {  // the next task's first keys and values, while this one computes
+          const auto [a_next, n_next] = runs[(task + 1) / H];
+          const int64_t next = s[a_next] * slot_stride + ((task + 1) % H) * head_stride;
+          prefetch_rows(kp + next, 0, std::min(p[a_next] + 1, kPrefetchKeys), D);
+          prefetch_rows(vp + next, 0, std::min(p[a_next] + 1, kPrefetchKeys), D);
+        }
         if (n == 1) {
           one(qp + (a * H + h) * rows, kp + base, vp + base, op + (a * H + h) * rows, p[a] + 1, G, D, scale_f, scores);
           continue;
