@@ -61,14 +61,18 @@ FUSED = {RMSNorm: FusedRMSNorm, MLP: FusedMLP, Attention: FusedAttention}
 def fuse_layers(model: nn.Module, w8a8_layers: bool = True) -> int:
     """Swap the model's RMSNorm, MLP and Attention modules for their fused twins, in place, and
     with w8a8_layers, decoder layers whose projections are all W8A8 for W8A8DecoderLayer
-    (w8a8_layers.py); returns how many modules were swapped."""
-    whole = [(parent, child, W8A8DecoderLayer) for parent in model.modules()
-             for child, module in parent.named_children()
-             if w8a8_layers and type(module) is DecoderLayer and fusable(module)]
-    for parent, child, fused in whole:
-        setattr(parent, child, fused(getattr(parent, child)))
-    targets = [(parent, child, FUSED[type(module)]) for parent in model.modules()
-               for child, module in parent.named_children() if type(module) in FUSED]
-    for parent, child, fused in targets:
-        setattr(parent, child, fused(getattr(parent, child)))
-    return len(whole) + len(targets)
+    (w8a8_layers.py) first, whole; returns how many modules were swapped."""
+    def w8a8_twin(module: nn.Module):
+        return W8A8DecoderLayer if w8a8_layers and type(module) is DecoderLayer and fusable(module) else None
+
+    whole = _swap(model, w8a8_twin)
+    return whole + _swap(model, lambda module: FUSED.get(type(module)))
+
+
+def _swap(model: nn.Module, twin_of) -> int:
+    """Replace each submodule m for which twin_of(m) gives a class by that class built from m."""
+    targets = [(parent, child, twin) for parent in model.modules() for child, module in parent.named_children()
+               if (twin := twin_of(module)) is not None]
+    for parent, child, twin in targets:
+        setattr(parent, child, twin(getattr(parent, child)))
+    return len(targets)

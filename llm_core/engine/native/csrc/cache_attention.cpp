@@ -336,7 +336,7 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::T
         const int64_t h = task % H, rows = G * D;
         const int64_t base = s[a] * slot_stride + h * head_stride;
         if (task + 1 < end) {  // the next task's first keys and values, while this one computes
-          const auto [a_next, n_next] = runs[(task + 1) / H];
+          const int64_t a_next = runs[(task + 1) / H].first;
           const int64_t next = s[a_next] * slot_stride + ((task + 1) % H) * head_stride;
           prefetch_rows(kp + next, 0, std::min(p[a_next] + 1, kPrefetchKeys), D);
           prefetch_rows(vp + next, 0, std::min(p[a_next] + 1, kPrefetchKeys), D);

@@ -27,7 +27,6 @@ namespace {
 
 using namespace llmbatch;
 
-
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 1 && x.size(1) == w.size(0), "rms_norm: x [T, H] and w [H] expected");
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "rms_norm: CPU only");
@@ -47,7 +46,6 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   return out;
 }
 
-
 at::Tensor silu_mul(const at::Tensor& x) {
   TORCH_CHECK(x.dim() == 2 && x.size(1) % 2 == 0 && x.device().is_cpu(), "silu_mul: x [T, 2 * I] on CPU expected");
   auto xc = x.contiguous();
@@ -62,7 +60,6 @@ at::Tensor silu_mul(const at::Tensor& x) {
   });
   return out;
 }
-
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rotary_qkv(const at::Tensor& qkv, const at::Tensor& cos,
                                                           const at::Tensor& sin, int64_t heads, int64_t kv_heads,
