@@ -1,11 +1,12 @@
 """The precision of an inference run's actors, decided once on the driver (`params.dtype: auto`).
 
-CPU actors run bf16 when every node of the cluster computes bf16 in hardware (AVX-512 BF16 or
-AMX: about twice fp32's speed at half the memory, benchmarks/RESULTS.md), fp32 elsewhere (torch
-emulates bf16 there, slower than fp32). Decided here and not by each actor, so that one output
+CPU actors run bf16 when every node of the cluster multiplies bf16 faster than fp32
+(llm_core.device.bf16_fast: AMX, or AVX-512 BF16 on AMD; about twice fp32's speed at half the
+memory, benchmarks/RESULTS.md), fp32 elsewhere: torch emulates bf16 on CPUs without it, and Intel's
+AVX-512 BF16 without AMX multiplies it no faster than fp32 (the engine ran 0.75x fp32 there). Decided here and not by each actor, so that one output
 never mixes precisions: a local cluster runs on this machine, so its CPU decides; a joined
 cluster's nodes report theirs in cluster.ray_code's code check. A node that joins later without
-bf16 still runs bf16 (emulated: slower, not different).
+fast bf16 still runs bf16 (slower, not different).
 
 The choice is recorded in the run fingerprint (`"dtype": "bfloat16"`), and `resume` /
 `retry_errors` of a run keep the precision it recorded, even on another machine. fp32 is not
@@ -22,7 +23,7 @@ import structlog
 
 from cluster import ray_cluster, ray_code
 from jobs.manifest.inference import InferenceManifest
-from llm_core.device import cpu_bf16_native
+from llm_core.device import cpu_bf16_fast
 from workers.output.location import OutputLocation, OutputMode
 
 log = structlog.get_logger()
@@ -45,10 +46,10 @@ def run_dtype(manifest: InferenceManifest, output: OutputLocation, ray_address: 
     if recorded is not None:
         log.info("job.dtype", dtype=recorded, decided_by="the fingerprint of the run this one continues")
         return recorded
-    native, nodes = cluster_cpu_bf16(ray_address)
-    chosen = "bfloat16" if native else "float32"
-    log.info("job.dtype", dtype=chosen, cpu_bf16_native=native, nodes=nodes,
-             decided_by="params.dtype auto: bf16 where every node has it in hardware")
+    fast, nodes = cluster_cpu_bf16(ray_address)
+    chosen = "bfloat16" if fast else "float32"
+    log.info("job.dtype", dtype=chosen, cpu_bf16_fast=fast, nodes=nodes,
+             decided_by="params.dtype auto: bf16 where every node multiplies it faster than fp32")
     return chosen
 
 
@@ -75,10 +76,10 @@ def recorded_dtype(mode: str, output: OutputLocation) -> str | None:
 
 
 def cluster_cpu_bf16(ray_address: str | None) -> tuple[bool, int]:
-    """(whether every node has bf16 in hardware, how many nodes were asked)."""
+    """(whether every node multiplies bf16 faster than fp32, how many nodes were asked)."""
     address = ray_address or os.environ.get("RAY_ADDRESS") or None
     if not address:
-        return cpu_bf16_native(), 1  # the local cluster this driver starts runs on this machine
+        return cpu_bf16_fast(), 1  # the local cluster this driver starts runs on this machine
     ray_cluster.connect(address)  # joins once; its code check asks every node (ray_code._probe)
-    found = [facts.get("cpu_bf16_native") for facts in ray_code.checked_nodes().values()]
+    found = [facts.get("cpu_bf16_fast") for facts in ray_code.checked_nodes().values()]
     return bool(found) and all(flag is True for flag in found), len(found)

@@ -48,8 +48,8 @@ except ClusterCodeMismatch as exc:
     error = str(exc)
 print("RESULT " + json.dumps({"driver_marker": getattr(cluster, "RAY_CODE_MARKER", None),
                               "driver_file": cluster.__file__, "marker": marker, "file": path, "error": error,
-                              "bf16": [f.get("cpu_bf16_native") for f in checked_nodes().values()],
-                              "driver_bf16": driver_facts()["cpu_bf16_native"]}))
+                              "bf16": [f.get("cpu_bf16_fast") for f in checked_nodes().values()],
+                              "driver_bf16": driver_facts()["cpu_bf16_fast"]}))
 """
 
 

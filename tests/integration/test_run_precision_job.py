@@ -1,7 +1,7 @@
 """`params.dtype: auto` through a real job on the local Ray: the driver's choice reaches the
 output's fingerprint and summary, a resume elsewhere keeps it, an overwrite decides anew.
 
-This machine's CPU flag is stood in for (precision.cpu_bf16_native): the test must see both
+This machine's CPU is stood in for (precision.cpu_bf16_fast): the test must see both
 answers on whatever CPU runs it. The actors then run the chosen dtype for real (bf16 emulated
 where the CPU lacks it: slower, same code)."""
 
@@ -32,13 +32,13 @@ def test_auto_runs_bf16_where_the_cpu_has_it_and_resume_keeps_it(ray_local, tmp_
     pq.write_table(pa.table({"id": ids, "text": [f"Package {i} does one thing well." for i in ids]}), src)
     out = tmp_path / "out"
 
-    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_fast", lambda: True)
     first = run_job(job(src, out, tiny_dir))
     assert first.ok, first.error
     assert first.summary["dtype"] == "bfloat16"
     assert marker(out)[1]["fingerprint"]["dtype"] == "bfloat16"
 
-    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)  # resumed on a machine without bf16
+    monkeypatch.setattr(precision, "cpu_bf16_fast", lambda: False)  # resumed on a machine without fast bf16
     resumed = run_job(job(src, out, tiny_dir, mode="resume"))
     assert resumed.ok, resumed.error  # not refused as another run: it keeps the recorded bf16
     assert resumed.summary["dtype"] == "bfloat16" and resumed.summary["shards_skipped"] == resumed.summary["shards_total"]

@@ -122,14 +122,40 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
     assert device.cpu_bf16_native(str(info)) is native
 
 
-def test_cpu_auto_stays_fp32_even_with_native_bf16(monkeypatch):
+@pytest.mark.parametrize("flags,vendor,fast", [
+    ("fpu avx512f avx512_bf16 amx_tile amx_bf16", "GenuineIntel", True),  # Sapphire Rapids and later
+    ("fpu avx512f avx512_bf16 avx512_vnni", "AuthenticAMD", True),  # Zen 4: 2.2x fp32 measured
+    ("fpu avx512f avx512_bf16 avx512_vnni", "GenuineIntel", False),  # no AMX: 0.75x fp32 measured
+    ("fpu avx2 avx512f", "AuthenticAMD", False),
+    ("fpu avx512f avx512_bf16", None, False),  # no vendor line: only AMX is taken as fast
+])
+def test_fast_bf16_needs_amx_or_an_amd_cpu(tmp_path, flags, vendor, fast):
+    info = tmp_path / "cpuinfo"
+    vendor_line = f"vendor_id\t: {vendor}\n" if vendor else ""
+    info.write_text(f"processor\t: 0\n{vendor_line}model name\t: test\nflags\t\t: {flags}\n")
+    assert device.cpu_vendor(str(info)) == vendor
+    assert device.cpu_bf16_fast(str(info)) is fast
+
+
+def test_cpu_auto_stays_fp32_even_with_fast_bf16(monkeypatch):
     """Until measured on an idle machine: fp32 keeps greedy outputs token-exact with transformers."""
-    monkeypatch.setattr(device, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(device, "cpu_bf16_fast", lambda: True)
     assert device.pick_dtype("cpu") == torch.float32
     monkeypatch.setattr(device, "CPU_AUTO_BF16", True)
     assert device.pick_dtype("cpu") == torch.bfloat16
-    monkeypatch.setattr(device, "cpu_bf16_native", lambda: False)
-    assert device.pick_dtype("cpu") == torch.float32  # never emulated bf16 by default
+    monkeypatch.setattr(device, "cpu_bf16_fast", lambda: False)
+    assert device.pick_dtype("cpu") == torch.float32  # never slow bf16 by default
+
+
+def test_bf16_on_intel_without_amx_is_honoured_with_a_warning(monkeypatch):
+    from structlog.testing import capture_logs
+
+    monkeypatch.setattr(device, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(device, "cpu_bf16_fast", lambda: False)
+    with capture_logs() as logs:
+        assert device.pick_dtype("cpu", "bfloat16") == torch.bfloat16
+        assert device.pick_dtype("cpu", "float32") == torch.float32
+    assert [e["event"] for e in logs] == ["device.cpu_bf16_slow"]
 
 
 def test_bf16_on_a_cpu_without_it_is_honoured_with_a_warning(monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 from cluster import ray_code
 from jobs.manifest import parse_manifest
 from jobs.run import precision
-from llm_core.device import cpu_bf16_native
+from llm_core.device import cpu_bf16_fast
 from workers.output.layout import SUCCESS_FILE
 from workers.output.location import OutputLocation
 
@@ -25,7 +25,7 @@ def manifest(tmp_path, mode="error_if_exists", **extra):
 def bf16_here(monkeypatch):
     """What this machine's CPU says, set by each test (the real one is probed in its own test)."""
     def set_native(value: bool):
-        monkeypatch.setattr(precision, "cpu_bf16_native", lambda: value)
+        monkeypatch.setattr(precision, "cpu_bf16_fast", lambda: value)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     return set_native
 
@@ -99,15 +99,16 @@ def test_a_recorded_explicit_dtype_or_a_strange_value_is_not_adopted(tmp_path, b
 def test_a_joined_cluster_runs_bf16_only_when_every_node_has_it(tmp_path, monkeypatch):
     # Ray is not started here: the joined cluster's nodes are what verify_workers found (stand-ins)
     monkeypatch.setattr(precision.ray_cluster, "connect", lambda address: {})
-    found = {"a": {"cpu_bf16_native": True}, "b": {"cpu_bf16_native": False}}
+    found = {"a": {"cpu_bf16_fast": True}, "b": {"cpu_bf16_fast": False}}
     monkeypatch.setattr(precision.ray_code, "checked_nodes", lambda: found)
     m = manifest(tmp_path)
     assert precision.cluster_cpu_bf16("ray://head:10001") == (False, 2)
-    found["b"]["cpu_bf16_native"] = True
+    found["b"]["cpu_bf16_fast"] = True
     assert precision.run_dtype(m, OutputLocation.at(m.output.uri), "ray://head:10001") == "bfloat16"
-    found["b"]["cpu_bf16_native"] = None  # a node that could not tell
+    found["b"]["cpu_bf16_fast"] = None  # a node that could not tell
     assert precision.cluster_cpu_bf16("ray://head:10001") == (False, 2)
 
 
 def test_the_nodes_code_check_reports_this_cpus_bf16():
-    assert ray_code.driver_facts()["cpu_bf16_native"] is cpu_bf16_native()
+    """cluster/ray_code.py's probe cannot import llmbatch, so it repeats bf16_fast: same answer here."""
+    assert ray_code.driver_facts()["cpu_bf16_fast"] is cpu_bf16_fast()

@@ -146,10 +146,10 @@ def test_bf16_autocast_runs_the_matmuls_in_bf16_with_gradients_close_to_fp32():
 
 
 def test_cpu_auto_precision_is_bf16_autocast_only_where_bf16_is_native(monkeypatch):
-    monkeypatch.setattr(device_mod, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(device_mod, "cpu_bf16_fast", lambda: True)
     native = device_mod.training_precision("cpu", "auto")
     assert (native.deepspeed, native.autocast, native.name) == ("fp32", torch.bfloat16, "bf16-autocast")
-    monkeypatch.setattr(device_mod, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(device_mod, "cpu_bf16_fast", lambda: False)
     assert device_mod.training_precision("cpu", "auto") == device_mod.TrainingPrecision("fp32", None)
     explicit = device_mod.training_precision("cpu", "bf16")  # an explicit choice is DeepSpeed's
     assert (explicit.deepspeed, explicit.autocast) == ("bf16", None)
