@@ -11,7 +11,8 @@ torch.compile (compiled once, before the runs; llm_core/engine/native/compiled_d
 `:noprefix` for prefix caching off, `:nokernels` for torch's ops (SDPA, the model's own norms)
 instead of the engine's CPU kernels (cpu_kernels.py), `:nolayers` for W8A8 module by module
 (each projection quantizing and rescaling in passes of its own) instead of W8A8DecoderLayer's
-fused chain (w8a8_layers.py).
+fused chain (w8a8_layers.py), `:noshared` for decode attention reading a cached prefix from each
+slot's copy instead of the prefix's one copy (model_runner.shared_prefix).
 transformers runs once per dtype the list names.
 
 EOS is ignored so both sides generate exactly --max-new-tokens per prompt. Runs alternate
@@ -62,18 +63,19 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "auto":
 
 def parse_native(spec: str) -> dict:
     """`bf16+w8a8+compile:noprefix:nokernels` -> {"label", "dtype", "quantization", "compile",
-    "prefix_caching", "cpu_kernels"}."""
+    "prefix_caching", "cpu_kernels", "w8a8_layers", "shared_prefix_reads"}."""
     body, *flags = spec.split(":")
     dtype, *options = body.split("+")
     if (dtype not in DTYPE_NAMES or not set(options) <= {"int8", "w8a8", "compile"} or {"int8", "w8a8"} <= set(options)
-            or len(set(options)) < len(options) or not set(flags) <= {"noprefix", "nokernels", "nolayers"}
+            or len(set(options)) < len(options) or not set(flags) <= {"noprefix", "nokernels", "nolayers", "noshared"}
             or len(set(flags)) < len(flags)):
         raise SystemExit(f"--native: cannot read {spec!r} (e.g. fp32, bf16, bf16+int8, fp32+compile, bf16:noprefix, "
                          "bf16:nokernels)")
     quantization = next((q for q in ("int8", "w8a8") if q in options), "none")
     return {"label": f"native {spec}", "dtype": DTYPE_NAMES[dtype], "quantization": quantization,
             "compile": "compile" in options, "prefix_caching": "noprefix" not in flags,
-            "cpu_kernels": "nokernels" not in flags, "w8a8_layers": "nolayers" not in flags}
+            "cpu_kernels": "nokernels" not in flags, "w8a8_layers": "nolayers" not in flags,
+            "shared_prefix_reads": "noshared" not in flags}
 
 
 @contextlib.contextmanager
@@ -145,6 +147,8 @@ def main() -> None:
     ap.add_argument("--compile", choices=["on", "off"], default="off",
                     help="native engine: CPU decode step through torch.compile (when --native is not given)")
     ap.add_argument("--no-prefix-caching", action="store_true", help="native engine: recompute shared prompt prefixes")
+    ap.add_argument("--no-transformers", action="store_true",
+                    help="native configurations (and vLLM) only: for side by sides of native options")
     ap.add_argument("--busy", type=int, default=0, help="CPU-burning processes beside the timed runs")
     ap.add_argument("--omp-wait", choices=WAIT_POLICIES, default="bounded",
                     help="how idle OpenMP threads wait (the inference actor's: bounded)")
@@ -171,7 +175,7 @@ def main() -> None:
     else:
         configs = [{"label": "native", "dtype": args.dtype, "quantization": args.quantization,
                     "compile": args.compile == "on", "prefix_caching": not args.no_prefix_caching,
-                    "cpu_kernels": True, "w8a8_layers": True}]
+                    "cpu_kernels": True, "w8a8_layers": True, "shared_prefix_reads": True}]
     engines: dict[str, object] = {}
     compiles: dict[str, str] = {}  # label -> what compiling its decode step cost
     for c in configs:
@@ -181,10 +185,11 @@ def main() -> None:
                 model_dir, device=args.device, dtype=c["dtype"], max_num_seqs=args.batch_size,
                 quantization=c["quantization"], prefix_caching=c["prefix_caching"], compile_decode=c["compile"],
                 cpu_kernels=c["cpu_kernels"])
+        engines[c["label"]].runner.shared_prefix_reads = c["shared_prefix_reads"]
         if c["compile"]:
             compiles[c["label"]] = compile_report(engines[c["label"]], time.perf_counter() - start)
     hf_of: dict[str, str] = {}  # native label -> the transformers engine of its dtype
-    for c in configs:
+    for c in configs if not args.no_transformers else ():
         name = "transformers" if len({x["dtype"] for x in configs}) == 1 else f"transformers {c['dtype']}"
         if name not in engines:
             engines[name] = HFEngine(model_dir, device=args.device, dtype=c["dtype"], batch_size=args.batch_size)
@@ -234,8 +239,8 @@ def main() -> None:
     if compiles:  # the timed runs should compile nothing: every batch size has its graph
         print(f"recompiles during the timed runs: {recompile_count() - recompiles_before}")
     native_best = max(r for n, r in rate.items() if n.startswith("native"))
-    other_best = max(r for n, r in rate.items() if not n.startswith("native"))
-    print(f"speedup={native_best / other_best:.2f}")
+    others = [r for n, r in rate.items() if not n.startswith("native")]
+    print(f"speedup={native_best / max(others):.2f}" if others else "speedup=n/a (no other engine ran)")
 
 
 if __name__ == "__main__":

@@ -67,13 +67,14 @@ def _probe(packages: tuple[str, ...], deps: tuple[str, ...]) -> dict:
     from pathlib import Path as _Path
 
     facts: dict = {"python": ".".join(_platform.python_version_tuple()[:2]), "versions": {}, "error": None}
-    try:  # bf16 faster than fp32 (llm_core.device.bf16_fast's rule): the driver decides `dtype: auto` from it
+    try:  # bf16 in hardware, and faster than fp32 (llm_core.device): the driver decides `dtype: auto` from them
         lines = _Path("/proc/cpuinfo").read_text().splitlines()
         flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
         vendor = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("vendor_id")), None)
+        facts["cpu_bf16_native"] = "amx_bf16" in flags or "avx512_bf16" in flags
         facts["cpu_bf16_fast"] = "amx_bf16" in flags or ("avx512_bf16" in flags and vendor == "AuthenticAMD")
     except OSError:
-        facts["cpu_bf16_fast"] = None  # not Linux: unknown
+        facts["cpu_bf16_native"] = facts["cpu_bf16_fast"] = None  # not Linux: unknown
     for dep in deps:
         try:
             facts["versions"][dep] = _metadata.version(dep)

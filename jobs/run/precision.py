@@ -3,7 +3,10 @@
 CPU actors run bf16 when every node of the cluster multiplies bf16 faster than fp32
 (llm_core.device.bf16_fast: AMX, or AVX-512 BF16 on AMD; about twice fp32's speed at half the
 memory, benchmarks/RESULTS.md), fp32 elsewhere: torch emulates bf16 on CPUs without it, and Intel's
-AVX-512 BF16 without AMX multiplies it no faster than fp32 (the engine ran 0.75x fp32 there). Decided here and not by each actor, so that one output
+AVX-512 BF16 without AMX multiplies it no faster than fp32 (the engine ran 0.75x fp32 there).
+`quantization: w8a8` runs bf16 wherever every node has bf16 in hardware, fast or not: its matmuls
+are int8 either way, and bf16 halves what the rest reads (1.13x fp32's speed on that Intel CPU).
+Decided here and not by each actor, so that one output
 never mixes precisions: a local cluster runs on this machine, so its CPU decides; a joined
 cluster's nodes report theirs in cluster.ray_code's code check. A node that joins later without
 fast bf16 still runs bf16 (slower, not different).
@@ -23,7 +26,7 @@ import structlog
 
 from cluster import ray_cluster, ray_code
 from jobs.manifest.inference import InferenceManifest
-from llm_core.device import cpu_bf16_fast
+from llm_core.device import cpu_bf16_fast, cpu_bf16_native
 from workers.output.location import OutputLocation, OutputMode
 
 log = structlog.get_logger()
@@ -46,11 +49,18 @@ def run_dtype(manifest: InferenceManifest, output: OutputLocation, ray_address: 
     if recorded is not None:
         log.info("job.dtype", dtype=recorded, decided_by="the fingerprint of the run this one continues")
         return recorded
-    fast, nodes = cluster_cpu_bf16(ray_address)
-    chosen = "bfloat16" if fast else "float32"
-    log.info("job.dtype", dtype=chosen, cpu_bf16_fast=fast, nodes=nodes,
-             decided_by="params.dtype auto: bf16 where every node multiplies it faster than fp32")
+    fact = bf16_fact(manifest)
+    found, nodes = cluster_cpu_bf16(ray_address, fact)
+    chosen = "bfloat16" if found else "float32"
+    log.info("job.dtype", dtype=chosen, nodes=nodes, **{fact: found},
+             decided_by="params.dtype auto: bf16 where every node multiplies it faster than fp32 "
+                        "(w8a8: where every node has it in hardware)")
     return chosen
+
+
+def bf16_fact(manifest: InferenceManifest) -> str:
+    """The node fact (cluster.ray_code's probe) that decides `auto` for this manifest."""
+    return "cpu_bf16_native" if manifest.params.quantization == "w8a8" else "cpu_bf16_fast"
 
 
 def fingerprint_entry(manifest: InferenceManifest, dtype: str) -> dict:
@@ -75,11 +85,13 @@ def recorded_dtype(mode: str, output: OutputLocation) -> str | None:
     return value if value in ("bfloat16", "float32") else None  # anything else: a hand-edited file
 
 
-def cluster_cpu_bf16(ray_address: str | None) -> tuple[bool, int]:
-    """(whether every node multiplies bf16 faster than fp32, how many nodes were asked)."""
+def cluster_cpu_bf16(ray_address: str | None, fact: str = "cpu_bf16_fast") -> tuple[bool, int]:
+    """(whether `fact` holds on every node, how many nodes were asked). `fact`: cpu_bf16_fast
+    (bf16 multiplies faster than fp32) or cpu_bf16_native (bf16 in hardware at all)."""
     address = ray_address or os.environ.get("RAY_ADDRESS") or None
     if not address:
-        return cpu_bf16_fast(), 1  # the local cluster this driver starts runs on this machine
+        # the local cluster this driver starts runs on this machine
+        return (cpu_bf16_native if fact == "cpu_bf16_native" else cpu_bf16_fast)(), 1
     ray_cluster.connect(address)  # joins once; its code check asks every node (ray_code._probe)
-    found = [facts.get("cpu_bf16_fast") for facts in ray_code.checked_nodes().values()]
+    found = [facts.get(fact) for facts in ray_code.checked_nodes().values()]
     return bool(found) and all(flag is True for flag in found), len(found)

@@ -45,7 +45,7 @@ def test_decode_graph_buffers_and_buckets_give_the_eager_tokens(llama, monkeypat
     graphed.eos_token_ids = (eos,)
     sizes = []
     decode = graphed.runner.decode
-    graphed.runner.decode = lambda tokens, positions: sizes.append(len(tokens)) or decode(tokens, positions)
+    graphed.runner.decode = lambda tokens, *rest: sizes.append(len(tokens)) or decode(tokens, *rest)
     assert ids(graphed.generate(batch, params)) == want
     graphs = graphed.runner.graphs
     assert isinstance(graphs, EagerDecodeGraphs)
@@ -87,7 +87,7 @@ def test_admission_follows_the_cache_slots_memory_allows(llama, engine, monkeypa
     monkeypatch.setattr(tight.runner, "plan", lambda needed: CachePlan(2, 256))
     widths = []
     decode = tight.runner.decode
-    tight.runner.decode = lambda tokens, positions: widths.append(len(tokens)) or decode(tokens, positions)
+    tight.runner.decode = lambda tokens, *rest: widths.append(len(tokens)) or decode(tokens, *rest)
     assert ids(tight.generate(batch, params)) == want
     assert tight.runner.cache.num_slots == 2 and max(widths) == 2
     tight_scores = [row[0] for row in tight.score(batch, [[3, 4]])]  # 7 prompts in groups of 2
@@ -116,8 +116,13 @@ def test_prefix_caching_keeps_greedy_outputs_token_exact(llama, monkeypatch, set
     """Two slots for seven prompts (admission, compaction), the shared prefix computed once and
     copied into each slot: the same tokens as without the cache and as transformers."""
     settings = dict(settings)
-    if settings.pop("graphs", False):
+    graphs = settings.pop("graphs", False)
+    if graphs:
         monkeypatch.setattr(model_runner, "DecodeGraphs", EagerDecodeGraphs)
+    shared = []  # what each kernel decode step read from the prefix's one copy (KernelAttention)
+    real_shared_prefix = model_runner.shared_prefix
+    monkeypatch.setattr(model_runner, "shared_prefix",
+                        lambda prefixes, dtype: shared.append(real_shared_prefix(prefixes, dtype)) or shared[-1])
     batch = shared_prefix_prompts(7, seed=40)
     params = SamplingParams(max_new_tokens=16, **settings)
     engines = {}
@@ -129,6 +134,8 @@ def test_prefix_caching_keeps_greedy_outputs_token_exact(llama, monkeypatch, set
     assert ids(engines[True].generate(batch, params)) == want
     assert engines[False].prefix_cache is None
     assert [len(e) for e in engines[True].prefix_cache.entries.values()] == [30]
+    if engines[True].runner.attention_kernel and not graphs:  # decode read the prefix from its copy
+        assert any(entry is not None and entry[1].tolist() == [30, 30] for entry in shared)
     if params.n == 1:
         for prompt, completions in zip(batch, want):
             assert completions[0] == hf_greedy(llama[1], prompt, params)

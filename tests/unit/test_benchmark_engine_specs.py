@@ -24,3 +24,10 @@ def test_engines_built_under_nolayers_find_no_layer_fusable():
     assert fused_layers.fusable is original
     with w8a8_layers(True):
         assert fused_layers.fusable is original
+
+
+def test_noshared_turns_shared_prefix_reads_off_and_nothing_else():
+    on, off = parse_native("fp32"), parse_native("fp32:noshared")
+    assert on["shared_prefix_reads"] and not off["shared_prefix_reads"]
+    assert {k: v for k, v in on.items() if k not in ("label", "shared_prefix_reads")} == \
+        {k: v for k, v in off.items() if k not in ("label", "shared_prefix_reads")}

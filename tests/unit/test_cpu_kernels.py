@@ -253,3 +253,53 @@ def test_quantize_rows_matches_its_eager_twin_and_rescales_in_place():
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="one a row"):
         torch.ops.llmbatch.scale_rows_(out, scales[:5])
+
+
+@pytest.mark.parametrize("group,head_dim", [(3, 64), (4, 128), (2, 40)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_reads_a_shared_prefix_from_its_one_copy_bit_for_bit(group, head_dim, dtype):
+    """Slots that hold a cached prefix: with shared_k / shared_v the decode tokens read the prefix's
+    entries from that copy (their slot's copies are then poisoned and must not matter), and the
+    output is the same, bit for bit, as reading the slot's own copy. Token 2 holds no prefix."""
+    torch.manual_seed(2)
+    kv_heads, max_len, prefix_len = 2, 150, 37
+    slots, positions = torch.tensor([4, 0, 2, 1]), torch.tensor([60, 37, 149, 100])
+    q = torch.randn(4, kv_heads, group, head_dim).to(dtype)
+    k_new, v_new = (torch.randn(4, kv_heads, head_dim).to(dtype) for _ in range(2))
+    k_cache, v_cache = poisoned_cache(slots, positions, kv_heads, max_len, head_dim, dtype)
+    shared_k, shared_v = (torch.randn(kv_heads, prefix_len, head_dim).to(dtype) for _ in range(2))
+    holders = [4, 0, 1]
+    k_cache[holders, :, :prefix_len] = shared_k
+    v_cache[holders, :, :prefix_len] = shared_v
+    op = torch.ops.llmbatch.cache_attention
+    expected = op(q, k_new, v_new, k_cache.clone(), v_cache.clone(), slots, positions, head_dim**-0.5)
+    k_cache[holders, :, :prefix_len] = float("nan")
+    v_cache[holders, :, :prefix_len] = 1e30
+    lengths = torch.tensor([prefix_len, prefix_len, 0, prefix_len])
+    out = op(q, k_new, v_new, k_cache, v_cache, slots, positions, head_dim**-0.5,
+             shared_k=shared_k, shared_v=shared_v, shared_len=lengths)
+    assert torch.equal(out, expected)
+
+
+def test_kernel_refuses_a_bad_shared_prefix():
+    q, new = torch.randn(2, 2, 3, 64), torch.randn(2, 2, 64)
+    cache, slots, pos = torch.randn(4, 2, 16, 64), torch.tensor([0, 1]), torch.tensor([5, 3])
+    shared = torch.randn(2, 4, 64)
+
+    def op(shared_k=shared, shared_v=shared, shared_len=torch.tensor([4, 3])):
+        return torch.ops.llmbatch.cache_attention(q, new, new, cache, cache.clone(), slots, pos, 0.125,
+                                                  shared_k=shared_k, shared_v=shared_v, shared_len=shared_len)
+
+    op()
+    with pytest.raises(RuntimeError, match="past the token's position"):
+        op(shared_len=torch.tensor([4, 4]))  # token 1 is at position 3: its own key is never shared
+    with pytest.raises(RuntimeError, match="shared_len out of the shared prefix"):
+        op(shared_len=torch.tensor([5, 0]))
+    with pytest.raises(RuntimeError, match="go together"):
+        op(shared_v=None)
+    with pytest.raises(RuntimeError, match=r"\[H_kv, P, D\] in q's dtype"):
+        op(shared_k=shared.bfloat16())
+    with pytest.raises(RuntimeError, match=r"\[H_kv, P, D\] in q's dtype"):
+        op(shared_k=torch.randn(3, 4, 64), shared_v=torch.randn(3, 4, 64))
+    with pytest.raises(RuntimeError, match="shared_len must be int64"):
+        op(shared_len=torch.tensor([4, 3], dtype=torch.int32))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from llm_core.engine.native.batcher import ContinuousBatcher
-from llm_core.engine.native.model_runner import ModelRunner
-from llm_core.engine.native.prefix_cache import PrefixCache, shared_prefix_length
+from llm_core.engine.native.model_runner import ModelRunner, shared_prefix
+from llm_core.engine.native.prefix_cache import CachedPrefix, PrefixCache, shared_prefix_length
 from llm_core.engine.native.sequence import Sequence
 from llm_core.engine.sampling import SamplingParams
 from llm_core.models.config import ModelConfig
@@ -128,3 +128,16 @@ def test_the_token_budget_counts_only_tokens_a_prefill_computes(runner):
     kind, batch = batcher.next_step()
     assert kind == "prefill" and len(batch) == 4  # 4 x 4 computed tokens, not 4 x 34
     assert [s.prefill_tokens for s in batch] == [4] * 4
+
+
+def test_decode_reads_the_prefix_most_of_its_slots_hold():
+    """model_runner.shared_prefix: one prefix per decode call (KernelAttention reads it from its copy)."""
+
+    def entry(n, dtype=torch.float32):
+        return CachedPrefix(tuple(range(n)), torch.zeros(2, 1, n, 4, dtype=dtype), torch.zeros(2, 1, n, 4, dtype=dtype))
+
+    a, b = entry(20), entry(30)
+    chosen, lengths = shared_prefix([b, a, None, a], torch.float32)
+    assert chosen is a and lengths.tolist() == [0, 20, 0, 20] and lengths.dtype == torch.long
+    assert shared_prefix([None, None], torch.float32) is None and shared_prefix(None, torch.float32) is None
+    assert shared_prefix([a, a], torch.bfloat16) is None  # another dtype than the cache's: slots' copies

@@ -8,7 +8,7 @@ import pytest
 from cluster import ray_code
 from jobs.manifest import parse_manifest
 from jobs.run import precision
-from llm_core.device import cpu_bf16_fast
+from llm_core.device import cpu_bf16_fast, cpu_bf16_native
 from workers.output.layout import SUCCESS_FILE
 from workers.output.location import OutputLocation
 
@@ -45,6 +45,18 @@ def test_a_local_cluster_runs_bf16_only_where_this_cpu_has_it(tmp_path, bf16_her
     assert dtype == chosen
     # fp32 is what `auto` meant before: not recorded, so older runs keep their fingerprints
     assert precision.fingerprint_entry(m, dtype) == ({"dtype": "bfloat16"} if native else {})
+
+
+@pytest.mark.parametrize(("quantization", "chosen"), [("none", "float32"), ("int8", "float32"), ("w8a8", "bfloat16")])
+def test_intel_avx512_bf16_without_amx_runs_fp32_but_w8a8_in_bf16(tmp_path, monkeypatch, quantization, chosen):
+    """bf16 in hardware, not faster than fp32: only w8a8 (int8 matmuls either way) takes bf16."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(precision, "cpu_bf16_fast", lambda: False)
+    m = manifest(tmp_path, params={"quantization": quantization})
+    assert precision.run_dtype(m, OutputLocation.at(m.output.uri), None) == chosen
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)  # no bf16 in hardware: fp32 for all
+    assert precision.run_dtype(m, OutputLocation.at(m.output.uri), None) == "float32"
 
 
 def test_an_explicit_dtype_is_passed_on_and_not_recorded(tmp_path, bf16_here):
@@ -107,8 +119,12 @@ def test_a_joined_cluster_runs_bf16_only_when_every_node_has_it(tmp_path, monkey
     assert precision.run_dtype(m, OutputLocation.at(m.output.uri), "ray://head:10001") == "bfloat16"
     found["b"]["cpu_bf16_fast"] = None  # a node that could not tell
     assert precision.cluster_cpu_bf16("ray://head:10001") == (False, 2)
+    found["a"]["cpu_bf16_native"] = found["b"]["cpu_bf16_native"] = True  # w8a8 asks for bf16 in hardware
+    w8a8 = manifest(tmp_path, params={"quantization": "w8a8"})
+    assert precision.run_dtype(w8a8, OutputLocation.at(w8a8.output.uri), "ray://head:10001") == "bfloat16"
 
 
 def test_the_nodes_code_check_reports_this_cpus_bf16():
     """cluster/ray_code.py's probe cannot import llmbatch, so it repeats bf16_fast: same answer here."""
     assert ray_code.driver_facts()["cpu_bf16_fast"] is cpu_bf16_fast()
+    assert ray_code.driver_facts()["cpu_bf16_native"] is cpu_bf16_native()

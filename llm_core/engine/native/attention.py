@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_core.engine.native.kv_cache import KVCache
+from llm_core.engine.native.prefix_cache import CachedPrefix
 from llm_core.engine.native.transfer import to_device
 from llm_core.models.attention import PackedCausalAttention, PaddedLayout
 
@@ -112,17 +113,27 @@ class KernelAttention:
     """Prefill or decode through torch.ops.llmbatch.cache_attention (cpu_kernels.py): one call
     per layer for all tokens, which stores each token's K/V at (slots[i], positions[i]) and then
     lets it read its slot's entries 0..positions[i] only (no mask, no padding, no length groups).
-    The same scaling as SDPA's default, 1 / sqrt(head_dim)."""
+    The same scaling as SDPA's default, 1 / sqrt(head_dim).
 
-    def __init__(self, cache: KVCache, slots: torch.Tensor, positions: torch.Tensor):
-        self.cache, self.slots, self.positions = cache, slots, positions
+    `shared`: a cached prefix (prefix_cache.py) that some of the slots hold, with each token's
+    count of its slot's first entries that are that prefix (0: none). Decode tokens read those
+    entries from the prefix's one copy, which stays in the CPU's caches across the batch, instead
+    of their slot's: the same values, so the same outputs."""
+
+    def __init__(self, cache: KVCache, slots: torch.Tensor, positions: torch.Tensor,
+                 shared: tuple[CachedPrefix, torch.Tensor] | None = None):
+        self.cache, self.slots, self.positions, self.shared = cache, slots, positions, shared
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         tokens, heads, head_dim = q.shape
         kv_heads = k.shape[1]
+        shared = {}
+        if self.shared is not None:
+            prefix, lengths = self.shared
+            shared = {"shared_k": prefix.k[layer], "shared_v": prefix.v[layer], "shared_len": lengths}
         out = torch.ops.llmbatch.cache_attention(
             q.reshape(tokens, kv_heads, heads // kv_heads, head_dim), k, v, self.cache.k[layer], self.cache.v[layer],
-            self.slots, self.positions, head_dim**-0.5,
+            self.slots, self.positions, head_dim**-0.5, **shared,
         )
         return out.view(tokens, heads, head_dim)
 

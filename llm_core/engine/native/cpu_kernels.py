@@ -95,7 +95,8 @@ def _register_shapes() -> None:
     torch.library.register_fake("llmbatch::silu_mul")(lambda x: x.new_empty(x.shape[0], x.shape[1] // 2))
     torch.library.register_fake("llmbatch::rotary_qkv")(_rotary_qkv_shapes)
     torch.library.register_fake("llmbatch::cache_attention")(
-        lambda q, k, v, k_cache, v_cache, slots, pos, scale: torch.empty_like(q))
+        lambda q, k, v, k_cache, v_cache, slots, pos, scale, shared_k=None, shared_v=None, shared_len=None:
+        torch.empty_like(q))
 
 
 def _rotary_qkv_shapes(qkv, cos, sin, heads, kv_heads, scales=None):

@@ -141,7 +141,8 @@ class NativeEngine:
                 for seq in batch if history is not None else ():
                     history.start(seq.slot, seq.prompt)
             else:
-                logits = self.runner.decode([s.last_token for s in batch], [len(s) - 1 for s in batch])
+                logits = self.runner.decode([s.last_token for s in batch], [len(s) - 1 for s in batch],
+                                            [s.prefix for s in batch])
             for seq, token in zip(batch, self._next_tokens(logits, batch, history)):
                 seq.output.append(token)
                 check_stop(seq, self.eos_token_ids, self.tokenizer, min(cache.max_len, self.max_context))

@@ -50,6 +50,8 @@ class ModelRunner:
         # CPU decode through torch.compile (compiled_decode.py), compiled now; CUDA replays graphs.
         # CPU prefill and decode attention: the engine's kernel (cpu_kernels.py) where it builds.
         self.attention_kernel = attention_kernel and not self.on_cuda and cpu_kernels_available()
+        # Decode reads a cached prefix from its one copy (KernelAttention); off: from each slot's.
+        self.shared_prefix_reads = True
         self.compiled_decode: CompiledDecode | None = None
         if compile_decode and not self.on_cuda:
             self.compiled_decode = CompiledDecode(model)
@@ -123,14 +125,17 @@ class ModelRunner:
         starts = [0 if prefix is None else len(prefix) for _, _, prefix in items]
         return self.extend([(slot, start, prompt[start:]) for (slot, prompt, _), start in zip(items, starts)])
 
-    def decode(self, last_tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """Sequence b (in slot b) adds last_tokens[b] at positions[b]; returns logits [B, V]."""
+    def decode(self, last_tokens: list[int], positions: list[int],
+               prefixes: list[CachedPrefix | None] | None = None) -> torch.Tensor:
+        """Sequence b (in slot b) adds last_tokens[b] at positions[b]; returns logits [B, V].
+        prefixes[b]: the cached prefix loaded into slot b at its prefill, if any."""
         if self.graphs is not None:
             return self.graphs.run(last_tokens, positions)
         input_ids = to_device(last_tokens, self.device, torch.long)
         pos = to_device(positions, self.device, torch.long)
         if self.attention_kernel:
-            backend = KernelAttention(self.cache, torch.arange(len(positions), device=self.device), pos)
+            shared = shared_prefix(prefixes, self.cache.k.dtype) if self.shared_prefix_reads else None
+            backend = KernelAttention(self.cache, torch.arange(len(positions), device=self.device), pos, shared)
         else:
             length = max(positions) + 1
             mask = (torch.arange(length, device=self.device)[None, :] <= pos[:, None])[:, None, None, :]
@@ -138,3 +143,21 @@ class ModelRunner:
         forward = self.compiled_decode or self.model
         hidden = forward(input_ids, pos, backend)
         return self.model.compute_logits(hidden).float()
+
+
+def shared_prefix(prefixes: list[CachedPrefix | None] | None,
+                  dtype: torch.dtype) -> tuple[CachedPrefix, torch.Tensor] | None:
+    """The cached prefix most of a decode batch's slots hold, with each slot's count of entries
+    read from it (its length for those slots, 0 for the others), for KernelAttention; None when
+    no slot holds one. One prefix per call: a job's rows share one system prompt."""
+    counts: dict[int, tuple[CachedPrefix, int]] = {}
+    for prefix in prefixes or ():
+        if prefix is not None:
+            counts[id(prefix)] = (prefix, counts.get(id(prefix), (prefix, 0))[1] + 1)
+    if not counts:
+        return None
+    chosen = max(counts.values(), key=lambda entry: entry[1])[0]
+    if chosen.k.dtype != dtype:  # computed before a dtype change of the cache: read the slots' copies
+        return None
+    lengths = [len(chosen) if prefix is chosen else 0 for prefix in prefixes]
+    return chosen, torch.tensor(lengths, dtype=torch.long)

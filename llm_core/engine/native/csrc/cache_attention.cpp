@@ -7,6 +7,12 @@
 // slots    [N] int64         the slot each token belongs to
 // pos      [N] int64         each token's position in its slot
 // out      [N, H_kv, G, D]
+// shared_k, shared_v  [H_kv, P, D], optional: a prompt prefix that several slots hold (copied into
+//          each, prefix_cache.py); shared_len [N] int64: how many of token i's first entries are
+//          that prefix (0: none). A decode token reads those entries from this one copy instead of
+//          its slot's: the same values, so the same output bit for bit, but one copy stays in the
+//          CPU's caches where each slot's copy came from memory (about a third of a decode call's
+//          keys and values for the Debian prompts' 50 shared tokens).
 //
 // First every token's k / v is stored at (slots[i], pos[i]) (so in a prefill a token sees the
 // other new tokens of its sequence), then token i attends to its slot's entries 0..pos[i] only:
@@ -25,6 +31,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "vector_math.h"
@@ -53,14 +60,18 @@ template <int64_t kD>
 constexpr int64_t kValueHeads = std::max<int64_t>(1, 16 / (kD / kLanes));
 
 // acc[g][:] = sum_t scores[g][t] * v[t][:] for kG heads, the sums in kG x kD / 16 registers.
+// Rows 0..ns-1 are read from sv (the shared prefix), the rest from v.
 template <typename T, int64_t kD, int64_t kG>
-void weigh_values(const float* scores, int64_t n_pad, const T* v, int64_t n, float* acc) {
+void weigh_values(const float* scores, int64_t n_pad, const T* sv, int64_t ns, const T* v, int64_t n, float* acc) {
   constexpr int64_t kV = kD / kLanes;
   vfloat sums[kG][kV] = {};
   for (int64_t t = 0; t < n; ++t) {
-    if (t % 8 == 0) prefetch_rows(v, t + kPrefetchKeys, std::min(n, t + kPrefetchKeys + 8), kD);
+    if (t % 8 == 0) {
+      prefetch_rows(v, std::max(ns, t + kPrefetchKeys), std::min(n, t + kPrefetchKeys + 8), kD);
+    }
+    const T* vr = (t < ns ? sv : v) + t * kD;
     vfloat row[kV];
-    for (int64_t i = 0; i < kV; ++i) row[i] = load_float(v + t * kD + i * kLanes);
+    for (int64_t i = 0; i < kV; ++i) row[i] = load_float(vr + i * kLanes);
     for (int64_t g = 0; g < kG; ++g) {
       const float p = scores[g * n_pad + t];
       for (int64_t i = 0; i < kV; ++i) sums[g][i] += p * row[i];
@@ -75,9 +86,10 @@ void weigh_values(const float* scores, int64_t n_pad, const T* v, int64_t n, flo
 // kD > 0: the head size as a compile-time constant (fully unrolled loops); 0: D at run time.
 // Scores of 16 keys at a time: per key a vector of partial products, summed across lanes for
 // the 16 together (sum16); softmax with a vectorised exp.
+// Keys and values 0..ns-1 come from sk / sv (the shared prefix's copy), the rest from k / v.
 template <typename T, int64_t kD>
-void attend_one(const T* q, const T* k, const T* v, T* out, int64_t n, int64_t G, int64_t D_, float scale,
-                std::vector<float>& scores) {
+void attend_one(const T* q, const T* sk, const T* sv, int64_t ns, const T* k, const T* v, T* out, int64_t n,
+                int64_t G, int64_t D_, float scale, std::vector<float>& scores) {
   const int64_t D = kD > 0 ? kD : D_;
   const int64_t n_pad = (n + kLanes - 1) / kLanes * kLanes;
   float qf[kMaxGroup * kMaxHeadDim];
@@ -93,9 +105,10 @@ void attend_one(const T* q, const T* k, const T* v, T* out, int64_t n, int64_t G
   int64_t t = 0;
   if (D % kLanes == 0) {
     for (; t + kLanes <= n; t += kLanes) {
-      prefetch_rows(k, t + kPrefetchKeys, std::min(n, t + kPrefetchKeys + kLanes), D);
+      prefetch_rows(k, std::max(ns, t + kPrefetchKeys), std::min(n, t + kPrefetchKeys + kLanes), D);
       for (int64_t j = 0; j < kLanes; ++j) {
-        const T* kr = k + (t + kBitReversed[j]) * D;
+        const int64_t key = t + kBitReversed[j];
+        const T* kr = (key < ns ? sk : k) + key * D;
         for (int64_t d = 0; d < D; d += kLanes) store(block + j * D + d, load_float(kr + d));
       }
       for (int64_t g = 0; g < G; ++g) {
@@ -111,7 +124,7 @@ void attend_one(const T* q, const T* k, const T* v, T* out, int64_t n, int64_t G
     }
   }
   for (; t < n; ++t) {
-    const T* kr = k + t * D;
+    const T* kr = (t < ns ? sk : k) + t * D;
     for (int64_t d = 0; d < D; ++d) row[d] = static_cast<float>(kr[d]);
     for (int64_t g = 0; g < G; ++g) {
       const float* qg = qf + g * D;
@@ -147,15 +160,15 @@ void attend_one(const T* q, const T* k, const T* v, T* out, int64_t n, int64_t G
     for (int64_t g = 0; g < G; g += chunk) {
       const float* sg = scores.data() + g * n_pad;
       switch (std::min(chunk, G - g)) {
-        case 1: weigh_values<T, kD, 1>(sg, n_pad, v, n, acc + g * D); break;
-        case 2: weigh_values<T, kD, std::min<int64_t>(2, chunk)>(sg, n_pad, v, n, acc + g * D); break;
-        case 3: weigh_values<T, kD, std::min<int64_t>(3, chunk)>(sg, n_pad, v, n, acc + g * D); break;
-        default: weigh_values<T, kD, chunk>(sg, n_pad, v, n, acc + g * D); break;
+        case 1: weigh_values<T, kD, 1>(sg, n_pad, sv, ns, v, n, acc + g * D); break;
+        case 2: weigh_values<T, kD, std::min<int64_t>(2, chunk)>(sg, n_pad, sv, ns, v, n, acc + g * D); break;
+        case 3: weigh_values<T, kD, std::min<int64_t>(3, chunk)>(sg, n_pad, sv, ns, v, n, acc + g * D); break;
+        default: weigh_values<T, kD, chunk>(sg, n_pad, sv, ns, v, n, acc + g * D); break;
       }
     }
   } else {
     for (int64_t t = 0; t < n; ++t) {
-      const T* vr = v + t * D;
+      const T* vr = (t < ns ? sv : v) + t * D;
       for (int64_t d = 0; d < D; ++d) row[d] = static_cast<float>(vr[d]);
       for (int64_t g = 0; g < G; ++g) {
         const float p = scores[g * n_pad + t];
@@ -261,7 +274,9 @@ void attend_run(const T* q, const T* k, const T* v, T* out, int64_t first, int64
 }
 
 at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor k_cache,
-                           at::Tensor v_cache, const at::Tensor& slots, const at::Tensor& pos, double scale) {
+                           at::Tensor v_cache, const at::Tensor& slots, const at::Tensor& pos, double scale,
+                           const std::optional<at::Tensor>& shared_k, const std::optional<at::Tensor>& shared_v,
+                           const std::optional<at::Tensor>& shared_len) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 3 && v.dim() == 3 && k_cache.dim() == 4 && v_cache.dim() == 4,
               "cache_attention: q must be 4-d, k and v 3-d, the caches 4-d");
   TORCH_CHECK(q.device().is_cpu() && k_cache.device().is_cpu() && v_cache.device().is_cpu(),
@@ -292,6 +307,29 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     TORCH_CHECK(s[i] >= 0 && s[i] < S, "cache_attention: slot out of the cache");
     TORCH_CHECK(p[i] >= 0 && p[i] < L, "cache_attention: position out of the cache");
   }
+  const bool shared = shared_k.has_value() || shared_v.has_value() || shared_len.has_value();
+  TORCH_CHECK(!shared || (shared_k.has_value() && shared_v.has_value() && shared_len.has_value()),
+              "cache_attention: shared_k, shared_v and shared_len go together");
+  at::Tensor sk, sv, sl;
+  int64_t P = 0;
+  if (shared) {
+    sk = shared_k->contiguous();
+    sv = shared_v->contiguous();
+    sl = shared_len->contiguous();
+    TORCH_CHECK(sk.dim() == 3 && sk.size(0) == H && sk.size(2) == D && sv.sizes() == sk.sizes() &&
+                    sk.scalar_type() == dtype && sv.scalar_type() == dtype && sk.device().is_cpu() &&
+                    sv.device().is_cpu(),
+                "cache_attention: shared_k and shared_v must be [H_kv, P, D] in q's dtype");
+    TORCH_CHECK(sl.scalar_type() == at::kLong && sl.numel() == N, "cache_attention: shared_len must be int64 [N]");
+    P = sk.size(1);
+    const int64_t* lens = sl.data_ptr<int64_t>();
+    for (int64_t i = 0; i < N; ++i) {
+      // At most the tokens before this one: its own key and value are always its slot's, just stored.
+      TORCH_CHECK(lens[i] >= 0 && lens[i] <= P && lens[i] <= p[i],
+                  "cache_attention: shared_len out of the shared prefix or past the token's position");
+    }
+  }
+  const int64_t* shared_lens = shared ? sl.data_ptr<int64_t>() : nullptr;
   const int64_t slot_stride = H * L * D, head_stride = L * D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "cache_attention", [&] {
     const scalar_t* qp = qc.data_ptr<scalar_t>();
@@ -300,6 +338,8 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     scalar_t* kp = k_cache.data_ptr<scalar_t>();
     scalar_t* vp = v_cache.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
+    const scalar_t* skp = shared ? sk.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* svp = shared ? sv.data_ptr<scalar_t>() : nullptr;
     // Every write before any read: a prefill token reads its sequence's other new tokens.
     at::parallel_for(0, N * H, 64, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
@@ -335,14 +375,19 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::T
         const auto [a, n] = runs[task / H];
         const int64_t h = task % H, rows = G * D;
         const int64_t base = s[a] * slot_stride + h * head_stride;
-        if (task + 1 < end) {  // the next task's first keys and values, while this one computes
+        if (task + 1 < end) {  // the next task's first own keys and values, while this one computes
           const int64_t a_next = runs[(task + 1) / H].first;
           const int64_t next = s[a_next] * slot_stride + ((task + 1) % H) * head_stride;
-          prefetch_rows(kp + next, 0, std::min(p[a_next] + 1, kPrefetchKeys), D);
-          prefetch_rows(vp + next, 0, std::min(p[a_next] + 1, kPrefetchKeys), D);
+          const int64_t from = shared_lens != nullptr && runs[(task + 1) / H].second == 1 ? shared_lens[a_next] : 0;
+          prefetch_rows(kp + next, from, std::min(p[a_next] + 1, from + kPrefetchKeys), D);
+          prefetch_rows(vp + next, from, std::min(p[a_next] + 1, from + kPrefetchKeys), D);
         }
         if (n == 1) {
-          one(qp + (a * H + h) * rows, kp + base, vp + base, op + (a * H + h) * rows, p[a] + 1, G, D, scale_f, scores);
+          // Decode reads the shared prefix from its one copy; a prefill run (once per sequence) its slot's.
+          const int64_t ns = shared_lens != nullptr ? shared_lens[a] : 0;
+          const int64_t shared_base = h * P * D;
+          one(qp + (a * H + h) * rows, ns > 0 ? skp + shared_base : nullptr, ns > 0 ? svp + shared_base : nullptr, ns,
+              kp + base, vp + base, op + (a * H + h) * rows, p[a] + 1, G, D, scale_f, scores);
           continue;
         }
         // The run's query rows (tokens a..a+n-1 of head h) gathered as [n * G, D].
@@ -366,7 +411,7 @@ at::Tensor cache_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 
 TORCH_LIBRARY_FRAGMENT(llmbatch, m) {  // a fragment: packed_linear.py defines llmbatch::packed_linear too
   m.def("cache_attention(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, "
-        "Tensor pos, float scale) -> Tensor");
+        "Tensor pos, float scale, Tensor? shared_k=None, Tensor? shared_v=None, Tensor? shared_len=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llmbatch, CPU, m) {
