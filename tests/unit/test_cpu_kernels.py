@@ -303,3 +303,17 @@ def test_kernel_refuses_a_bad_shared_prefix():
         op(shared_k=torch.randn(3, 4, 64), shared_v=torch.randn(3, 4, 64))
     with pytest.raises(RuntimeError, match="shared_len must be int64"):
         op(shared_len=torch.tensor([4, 3], dtype=torch.int32))
+
+
+def test_the_build_compiles_copies_in_its_own_folder(tmp_path):
+    """Two checkouts (or Ray's per-session package copies) share one build only if torch's build
+    file records the same source paths: the copies in the build folder, refreshed when changed."""
+    copies = cpu_kernels._source_copies(tmp_path / "src")
+    assert [c.name for c in copies] == [s.name for s in cpu_kernels.SOURCES]
+    for original in (*cpu_kernels.SOURCES, *cpu_kernels.HEADERS):
+        assert (tmp_path / "src" / original.name).read_bytes() == original.read_bytes()
+    stale = tmp_path / "src" / cpu_kernels.HEADERS[0].name
+    stale.write_text("// a half-written or older copy")
+    cpu_kernels._source_copies(tmp_path / "src")
+    assert stale.read_bytes() == cpu_kernels.HEADERS[0].read_bytes()
+    assert not list((tmp_path / "src").glob("*.partial"))

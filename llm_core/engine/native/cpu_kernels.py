@@ -7,7 +7,10 @@ and residual adds (int8_rows.cpp, w8a8_layers.py), all `torch.ops.llmbatch.*`.
 Built with torch's C++ extension builder (needs a C++ compiler, as torch.compile does) into
 torch's extension cache, once per machine kind: the build is named after a hash of the sources
 and of the CPU's flags, since it is compiled for this CPU's vector instructions (-march=native)
-and a cache shared across different nodes must not hand one node another's build. Processes
+and a cache shared across different nodes must not hand one node another's build. It compiles
+copies of the sources kept in the build folder, not the files where this module lies: torch's
+build file records source paths, so two checkouts (or Ray's per-session copies of the package)
+compiling their own paths would each rebuild the other's build in turn. Processes
 build and load under build_lock.py's lock, which a builder killed mid-build does not leave held
 (torch's own lock file would stall every later actor forever). If the build fails, waits past
 BUILD_WAIT_S, or LLMBATCH_CPU_KERNELS=off, the engine runs torch's ops as before (SDPA
@@ -54,6 +57,20 @@ def _build_dir(name: str) -> Path:
     return root / f"llmbatch_py{sys.version_info.major}{sys.version_info.minor}" / name
 
 
+def _source_copies(folder: Path) -> list[Path]:
+    """The sources and headers copied into `folder` (the build's own; the build name hashes
+    their contents, so a copy already there is this content), for a build whose recorded paths
+    are the same from any checkout. Called under the build lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in (*SOURCES, *HEADERS):
+        copy = folder / source.name
+        if not copy.is_file() or copy.read_bytes() != source.read_bytes():
+            partial = copy.with_name(copy.name + ".partial")
+            partial.write_bytes(source.read_bytes())
+            partial.replace(copy)  # whole or absent, whatever kills this process
+    return [folder / source.name for source in SOURCES]
+
+
 def cpu_kernels_available() -> bool:
     """Whether the torch.ops.llmbatch CPU kernels are loaded (building them the first time)."""
     if "ok" in _state:
@@ -77,7 +94,8 @@ def _load() -> bool:
         log.info("cpu_kernels.loading", build=name, detail="compiled on a machine's first use, then cached")
         build_dir = _build_dir(name)
         with build_lock(build_dir, BUILD_WAIT_S):
-            load(name=name, sources=[str(s) for s in SOURCES], is_python_module=False, verbose=False,
+            sources = _source_copies(build_dir / "src")
+            load(name=name, sources=[str(s) for s in sources], is_python_module=False, verbose=False,
                  build_directory=str(build_dir),
                  extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math", "-fno-finite-math-only"],
                  extra_ldflags=["-fopenmp"])
