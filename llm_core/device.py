@@ -38,25 +38,29 @@ CPU_AUTO_BF16 = False
 
 
 @functools.cache
+def _cpuinfo_fields(cpuinfo: str) -> dict[str, str] | None:
+    """The first processor's `key: value` lines of /proc/cpuinfo; None where there is no such file."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str] | None:
     """This CPU's feature flags (/proc/cpuinfo's `flags` line); None where there is no such file."""
-    try:
-        lines = Path(cpuinfo).read_text().splitlines()
-    except OSError:
-        return None
-    line = next((line for line in lines if line.startswith("flags")), "flags:")
-    return frozenset(line.split(":", 1)[1].split())
+    fields = _cpuinfo_fields(cpuinfo)
+    return None if fields is None else frozenset(fields.get("flags", "").split())
 
 
-@functools.cache
 def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """/proc/cpuinfo's `vendor_id` (GenuineIntel, AuthenticAMD, ...); None where there is none."""
-    try:
-        lines = Path(cpuinfo).read_text().splitlines()
-    except OSError:
-        return None
-    line = next((line for line in lines if line.startswith("vendor_id")), None)
-    return line.split(":", 1)[1].strip() if line else None
+    return (_cpuinfo_fields(cpuinfo) or {}).get("vendor_id")
 
 
 def bf16_fast(flags: frozenset[str], vendor: str | None) -> bool:
