@@ -57,6 +57,11 @@ TERMINAL_STATES: tuple[JobState, ...] = tuple(s for s in JobState if s.terminal)
 ACTIVE_STATES: tuple[JobState, ...] = tuple(s for s in JobState if not s.terminal)
 
 
+def shards_finished(progress: dict) -> int:
+    """Shards of a job's progress committed by this run or an earlier one (resume), or given up on."""
+    return sum(int(progress.get(k) or 0) for k in ("shards_done", "shards_skipped", "shards_failed"))
+
+
 class IllegalTransition(ValueError):
     """A move the lifecycle does not allow (a bug in the caller, or a race it lost)."""
 

@@ -17,9 +17,8 @@ from fastapi.responses import HTMLResponse
 
 from jobs.api.deps import optional_principal
 from jobs.api.job_view import duration_text, figures
-from jobs.lifecycle import JobState
+from jobs.lifecycle import JobState, shards_finished
 from jobs.service.auth import Principal
-from jobs.service.store.job_store import shards_finished
 
 router = APIRouter()
 

@@ -9,7 +9,6 @@ import json
 import sys
 
 from jobs.cli.client import Client, ClientError
-from jobs.service.store.job_store import Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _fetch(args) -> list[dict]:
     if args.db is not None:
+        from jobs.service.store.job_store import Store  # SQLAlchemy: only for --db
+
         return Store(args.db).audit_lines(args.limit, before=args.before, actor=args.actor)
     client = Client(args.server, args.token)
     try:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-import pyarrow as pa
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from llm_core.tasks import OUTPUT_COLUMN
-from workers.output.location import OutputLocation
+
+if TYPE_CHECKING:  # pyarrow and the storage layer load only when compare runs (seconds, for every command)
+    from workers.output.location import OutputLocation
 
 TEXT_CHARS = 90  # of the input text shown per row
 
@@ -30,6 +33,8 @@ def cmd_compare(args) -> int:
     if len(args.outputs) < 2:
         print("error: name at least two outputs", file=sys.stderr)
         return 2
+    from workers.output.location import OutputLocation
+
     locations = [OutputLocation.at(uri) for uri in args.outputs]
     metrics = [loc.read_metrics() for loc in locations]
     missing = [uri for uri, m in zip(args.outputs, metrics) if not m]
@@ -82,7 +87,7 @@ def _answers(location: OutputLocation) -> dict:
     task = (manifest.get("task") or {}).get("kind", "generate")
     id_column = (manifest.get("input") or {}).get("id_column", "id")
     column = OUTPUT_COLUMN.get(task, "output")
-    table: pa.Table = location.read_snapshot()
+    table = location.read_snapshot()
     ids, outs = table.column(id_column).to_pylist(), table.column(column).to_pylist()
     errors = table.column("error").to_pylist() if "error" in table.column_names else [None] * len(ids)
     return {i: (o if o is not None else f"[error] {e}") for i, o, e in zip(ids, outs, errors)}

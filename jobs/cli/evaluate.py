@@ -12,12 +12,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from cluster import storage
-from jobs.evaluation.report import build_report
-from jobs.evaluation.scoring import evaluate_output
 from llm_core.metrics import KNOWN_METRICS
 from llm_core.tasks import OUTPUT_COLUMN, TaskKind
-from workers.output.location import OutputLocation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args) -> int:
+    # Imported here: scoring and the report pull in scikit-learn, rouge-score and matplotlib (seconds),
+    # which every other command (and `--help`) should not wait for.
+    from jobs.evaluation.scoring import evaluate_output
+    from workers.output.location import OutputLocation
+
     output = OutputLocation.at(args.output)
     manifest = (output.read_manifest() or {}).get("manifest") or {}
     inputs, evaluate = manifest.get("input") or {}, manifest.get("evaluate") or {}
@@ -95,6 +96,10 @@ def print_metrics(metrics: dict, file=None) -> None:
 
 
 def cmd_report(args) -> int:
+    from cluster import storage
+    from jobs.evaluation.report import build_report
+    from workers.output.location import OutputLocation
+
     try:
         page = build_report(args.output, sample_size=args.sample, title=args.title)
     except (OSError, ValueError) as exc:

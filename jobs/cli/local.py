@@ -11,13 +11,11 @@ import argparse
 import sys
 from datetime import datetime, timezone
 
-from cluster.model_cache import cache_usage, models_dir
 from jobs.lifecycle import EXIT_REFUSED, exit_code
-from jobs.manifest import ManifestError, load_manifest
-from jobs.manifest.uri_fields import check_models
-from llm_core.weights.builtin import BUILTIN_MODELS
-from workers.model_resolver import resolve_model
-from workers.output.location import OutputMode
+from workers.output.output_mode import OutputMode
+
+# The manifest models, storage, Ray and the engines are imported by the commands that use them: every
+# `llmbatch` command (and `--help`) registers these, and should not wait seconds for them.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(path: str):
+    from jobs.manifest import ManifestError, load_manifest
+    from jobs.manifest.uri_fields import check_models
+
     try:
         return check_models(load_manifest(path), path)  # a wrong model: refused before Ray starts
     except ManifestError as exc:
@@ -120,12 +121,17 @@ def cmd_run(args) -> int:
 
 
 def cmd_models_pull(args) -> int:
+    from workers.model_resolver import resolve_model
+
     ref = args.name if args.name.startswith(("builtin:", "s3://")) else f"builtin:{args.name}"
     print(resolve_model(ref))
     return 0
 
 
 def cmd_models_list(args) -> int:
+    from cluster.model_cache import cache_usage, models_dir
+    from llm_core.weights.builtin import BUILTIN_MODELS
+
     for name, model in sorted(BUILTIN_MODELS.items()):
         cached = (models_dir() / name / "config.json").is_file()
         print(f"builtin:{name}\t{'cached' if cached else 'not cached'}\t{model.description}")

@@ -17,10 +17,7 @@ from datetime import datetime
 from jobs.cli.client import Client, ClientError
 from jobs.cli.job_text import duration_text, rows_text, short_rows
 from jobs.cli.remote_progress import remote_progress
-from jobs.lifecycle import exit_code
-from jobs.manifest.errors import ManifestError
-from jobs.manifest.load import read_manifest_file
-from jobs.service.store.tables import shards_finished
+from jobs.lifecycle import exit_code, shards_finished
 
 
 def add_server(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +91,11 @@ _run = run_call
 
 
 def cmd_submit(args) -> int:
+    # Imported here: the manifest models (pydantic, boto3 through the storage checks) cost about a
+    # second, which `status`, `list` or `wait` should not pay.
+    from jobs.manifest.errors import ManifestError
+    from jobs.manifest.load import read_manifest_file
+
     try:  # the same safe reading as `validate` (no aliases, duplicate keys or huge numbers)
         manifest = read_manifest_file(args.file)
     except ManifestError as exc:

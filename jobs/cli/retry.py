@@ -13,9 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from jobs.lifecycle import EXIT_REFUSED, exit_code
-from jobs.manifest import ManifestError, load_manifest, parse_manifest
-from jobs.manifest.inference import InferenceManifest
+
+if TYPE_CHECKING:  # the manifest models load when retry runs, not for every command
+    from jobs.manifest.inference import InferenceManifest
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -35,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def manifest_of(target: str) -> InferenceManifest:
     """The inference manifest to retry: a manifest file, or the one an output's `_manifest.json`
     recorded. ManifestError / ValueError name what is wrong."""
+    from jobs.manifest import load_manifest, parse_manifest
+
     if target.endswith(MANIFEST_SUFFIXES) and Path(target).is_file():
         manifest = load_manifest(target)
     else:
@@ -57,6 +62,7 @@ def manifest_of(target: str) -> InferenceManifest:
 def cmd_retry(args) -> int:
     from cluster import ray_cluster
     from cluster.ray_code import ClusterCodeMismatch
+    from jobs.manifest import ManifestError
     from jobs.run.display import print_summary
     from jobs.run.inference import run_job
 

@@ -8,9 +8,8 @@ import argparse
 import getpass
 import sys
 
-from jobs.service.auth import create_token
-from jobs.service.store.job_store import Store
-from jobs.service.tokens import UnknownToken, describe, expires_at, list_tokens, parse_duration, revoke_token
+# The store and token modules (SQLAlchemy, about a second) are imported by these commands only, not by
+# every `llmbatch` command that registers them.
 
 
 def _actor() -> str:
@@ -21,6 +20,8 @@ def _actor() -> str:
 
 
 def _duration(text: str) -> str:
+    from jobs.service.tokens import parse_duration
+
     try:
         parse_duration(text)
     except ValueError as exc:
@@ -53,6 +54,10 @@ def cmd_tokens_create(args) -> int:
     if not args.input_prefix or not args.output_prefix:
         print("give at least one --input-prefix and one --output-prefix ('*' allows any)", file=sys.stderr)
         return 2
+    from jobs.service.auth import create_token
+    from jobs.service.store.job_store import Store
+    from jobs.service.tokens import expires_at, list_tokens
+
     store = Store(args.db)
     if any(t["name"] == args.name for t in list_tokens(store)):
         print(f"a token named '{args.name}' exists already (names are unique; revoked ones too)", file=sys.stderr)
@@ -64,12 +69,18 @@ def cmd_tokens_create(args) -> int:
 
 
 def cmd_tokens_list(args) -> int:
+    from jobs.service.store.job_store import Store
+    from jobs.service.tokens import describe, list_tokens
+
     for token in list_tokens(Store(args.db)):
         print(describe(token))
     return 0
 
 
 def cmd_tokens_revoke(args) -> int:
+    from jobs.service.store.job_store import Store
+    from jobs.service.tokens import UnknownToken, revoke_token
+
     try:
         _token, changed = revoke_token(Store(args.db), args.name, actor=_actor())
     except UnknownToken as exc:

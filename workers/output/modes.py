@@ -8,19 +8,10 @@ then does garbage collection remove the files no marker lists.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 from workers.output.fingerprint import fingerprint_diff, same_fingerprint
 from workers.output.layout import MANIFEST_FILE, PARTIAL_FILE, RUN_ID_RE, SUCCESS_FILE, new_run_id
-
-
-class OutputMode(StrEnum):
-    """What a run does with what its output location already holds (`output.mode`)."""
-
-    ERROR_IF_EXISTS = "error_if_exists"
-    OVERWRITE = "overwrite"
-    RESUME = "resume"
-    RETRY_ERRORS = "retry_errors"
+from workers.output.output_mode import OutputMode
 
 
 class OutputExistsError(RuntimeError):

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from jobs.lifecycle import INITIAL_STATE, JobState
 from jobs.service.store.leases import LeaseOps
-from jobs.service.store.tables import audit_log, job_events, jobs, shards_finished, utcnow
+from jobs.service.store.tables import audit_log, job_events, jobs, utcnow
 from jobs.service.store.tables import event_row as _event
 from jobs.service.store.transitions import current_state, guarded_update
 
@@ -221,4 +221,4 @@ class Store(LeaseOps):
             return current_state(conn, job_id)  # already cancelling or ended: nothing to do
 
 
-__all__ = ["Store", "NewJob", "IdempotencyConflict", "utcnow", "default_url", "shards_finished"]
+__all__ = ["Store", "NewJob", "IdempotencyConflict", "utcnow", "default_url"]

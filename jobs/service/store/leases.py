@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from jobs.lifecycle import RUNNER_STATES, JobState
+from jobs.lifecycle import RUNNER_STATES, JobState, shards_finished
 from jobs.service.store.counted import raised
 from jobs.service.store.tables import event_row as _event
-from jobs.service.store.tables import jobs, shards_finished, utcnow
+from jobs.service.store.tables import jobs, utcnow
 from jobs.service.store.transitions import guarded_update, refuse_illegal
 
 

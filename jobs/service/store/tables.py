@@ -159,11 +159,6 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def shards_finished(progress: dict) -> int:
-    """Shards committed by this run or an earlier one (resume), or given up on."""
-    return sum(int(progress.get(k) or 0) for k in ("shards_done", "shards_skipped", "shards_failed"))
-
-
 def event_row(conn, job_id: str, kind: str, state: JobState | None, message: str | None, data: Any = None) -> None:
     conn.execute(insert(job_events).values(job_id=job_id, at=utcnow(), kind=kind, state=state,
                                            message=message, data=data))
