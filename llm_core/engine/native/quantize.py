@@ -25,11 +25,12 @@ QUANTIZATIONS = ("none", "int8", "w8a8")
 DECODER_LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row int8: (int8 weight [N, K], fp32 scales [N]) with weight ~= q * scale."""
+def quantize_rows(weight: torch.Tensor, max_q: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (int8 weight [N, K] in [-max_q, max_q], fp32 scales [N]) with
+    weight ~= q * scale."""
     w = weight.detach().float()
-    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    scales = w.abs().amax(dim=1).clamp(min=1e-12) / float(max_q)
+    q = torch.round(w / scales[:, None]).clamp(-max_q, max_q).to(torch.int8)
     return q, scales
 
 
@@ -106,15 +107,17 @@ def _quantize_w8a8(model: nn.Module) -> int:
     """Every projection and the output head, tied or not (a tied head gets its own int8 copy, 28 MB
     on the built-in model: it is the step's largest matmul)."""
     from llm_core.engine.native.cpu_kernels import cpu_kernels_available
-    from llm_core.engine.native.w8a8_linear import W8A8Linear, cpu_int8_dot, onednn_int8
+    from llm_core.engine.native.w8a8_linear import W8A8Linear, cpu_int8_dot, onednn_int8, weight_max_q
 
     head = getattr(model, "lm_head", None)
     if (head is not None and head.weight.device.type != "cpu") or not onednn_int8():
         raise ValueError("quantization: w8a8 runs on CPUs with oneDNN's int8 matmul (x86 torch builds); "
                          "use int8 (weight-only) elsewhere")
+    max_q = weight_max_q()
     if not cpu_int8_dot():
-        log.warning("w8a8.no_int8_dot_products",
-                    detail="this CPU has no VNNI / AMX: oneDNN's int8 sums may saturate, and it is slower than bf16")
+        log.warning("w8a8.no_int8_dot_products", weight_bits=7,
+                    detail="this CPU has no VNNI / AMX: weights are quantized to 7 bits so that oneDNN's 16-bit "
+                           "pair sums cannot saturate, and it may be slower than bf16 or fp32")
     fused = cpu_kernels_available()
     names = DECODER_LINEARS + ("lm_head",)
     targets = [(parent, child) for parent in model.modules() for child, module in parent.named_children()
@@ -122,7 +125,7 @@ def _quantize_w8a8(model: nn.Module) -> int:
     with torch.no_grad():
         for parent, child in targets:
             linear = getattr(parent, child)
-            setattr(parent, child, W8A8Linear(linear, *quantize_rows(linear.weight), fused=fused))
+            setattr(parent, child, W8A8Linear(linear, *quantize_rows(linear.weight, max_q), fused=fused))
     return len(targets)
 
 

@@ -10,8 +10,13 @@ u8 x s8 form VNNI and AMX multiply. The quantize and rescale passes are the engi
 cost about what the int8 matmul saves, benchmarks/int8_matmul.py).
 
 On a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI, AMX) the matmul is about 1.9x bf16's
-(benchmarks/RESULTS.md). Without them oneDNN sums u8 x s8 pairs in 16 bits, which can saturate:
-the engine warns (`w8a8.no_int8_dot_products`) and runs it anyway.
+(benchmarks/RESULTS.md). Without them (AVX2 only) oneDNN multiplies with vpmaddubsw, which adds
+each pair of u8 x s8 products in 16 bits and saturates: with the zero point at 128 two weights
+near 127 side by side already overflow, and the matmul differed from exact integer math by 1-3%
+(measured on an AVX2 Zen 3). There the weights are quantized to 7 bits (|q| <= 63, as PyTorch's
+`reduce_range`), so that no pair can overflow (2 x 255 x 63 < 32767): the matmul is exact again,
+and closer to the float layer than the saturated 8 bits; the engine logs it
+(`w8a8.no_int8_dot_products`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ INT8_DOT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 def cpu_int8_dot() -> bool:
     """Whether this CPU computes int8 dot products in hardware."""
     return bool(INT8_DOT_FLAGS & (cpu_flags() or frozenset()))
+
+
+def weight_max_q() -> int:
+    """The largest |q| of a w8a8 weight on this CPU: 127, or 63 without int8 dot products (above)."""
+    return 127 if cpu_int8_dot() else 63
 
 
 def onednn_int8() -> bool:
@@ -55,6 +65,7 @@ class W8A8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = linear.weight.shape
         self.dtype = linear.weight.dtype
+        self.max_q = int(qweight.abs().amax())  # 63 where 7-bit weights keep the sums exact
         self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(qweight, None))
         self.register_buffer("scales", scales.float())
         self.register_buffer("zero_points", torch.zeros(self.out_features, dtype=torch.int64))
@@ -86,4 +97,5 @@ class W8A8Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, w8a8 (oneDNN), fused={self.fused}"
+        return (f"in={self.in_features}, out={self.out_features}, w8a8 (oneDNN), |q| <= {self.max_q}, "
+                f"fused={self.fused}")
