@@ -25,6 +25,7 @@ import torch
 from llm_core.engine.native.packed_linear import PackedLinear, onednn_bf16
 from llm_core.engine.native.quantize import Int8Linear, quantize_rows
 from llm_core.engine.native.w8a8_linear import quantize_rows_u8_eager as quantize_rows_u8  # the eager passes measured
+from llm_core.engine.native.w8a8_linear import weight_max_q
 
 SHAPES = {"qkv": (576, 960), "o": (576, 576), "gate_up": (576, 3072), "down": (1536, 576), "head": (576, 49152)}
 LAYER = ("qkv", "o", "gate_up", "down")
@@ -66,7 +67,7 @@ def main() -> None:
             x = torch.randn(rows, k).to(torch.bfloat16)
             reference = x.float() @ linear.weight.float().t()
             packed, int8 = PackedLinear(linear), Int8Linear.from_linear(linear)
-            qweight, wscales = quantize_rows(linear.weight)
+            qweight, wscales = quantize_rows(linear.weight, weight_max_q())  # the range the engine uses here
             prepacked = torch.ops.onednn.qlinear_prepack(qweight, None)
             zeros = torch.zeros(n, dtype=torch.int64)
 

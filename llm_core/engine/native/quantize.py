@@ -107,15 +107,15 @@ def _quantize_w8a8(model: nn.Module) -> int:
     """Every projection and the output head, tied or not (a tied head gets its own int8 copy, 28 MB
     on the built-in model: it is the step's largest matmul)."""
     from llm_core.engine.native.cpu_kernels import cpu_kernels_available
-    from llm_core.engine.native.w8a8_linear import W8A8Linear, cpu_int8_dot, onednn_int8, weight_max_q
+    from llm_core.engine.native.w8a8_linear import W8A8Linear, onednn_int8, weight_max_q
 
     head = getattr(model, "lm_head", None)
     if (head is not None and head.weight.device.type != "cpu") or not onednn_int8():
         raise ValueError("quantization: w8a8 runs on CPUs with oneDNN's int8 matmul (x86 torch builds); "
                          "use int8 (weight-only) elsewhere")
     max_q = weight_max_q()
-    if not cpu_int8_dot():
-        log.warning("w8a8.no_int8_dot_products", weight_bits=7,
+    if max_q < 127:  # no int8 dot products on this CPU (weight_max_q)
+        log.warning("w8a8.no_int8_dot_products", weight_bits=max_q.bit_length() + 1,
                     detail="this CPU has no VNNI / AMX: weights are quantized to 7 bits so that oneDNN's 16-bit "
                            "pair sums cannot saturate, and it may be slower than bf16 or fp32")
     fused = cpu_kernels_available()

@@ -1,13 +1,13 @@
 """`quantization: w8a8`: int8 weights and int8 activations on CPU (oneDNN's int8 matmul).
 
-Weights: one scale per output channel, absmax / 127 (quantize.quantize_rows), packed once into
-oneDNN's blocked layout. Activations: quantized as each matmul runs, one scale per row (token),
-so a row's result never depends on what it is batched with (one scale for the whole batch
-would). oneDNN takes one activation scale per call: it runs with scale 1 and the row scales
-multiply its output. Activations go in as u8 with zero point 128 (symmetric int8 shifted), the
-u8 x s8 form VNNI and AMX multiply. The quantize and rescale passes are the engine's CPU kernels
-(csrc/int8_rows.cpp); eager torch ops where those did not build (correct, slower: the eager ops
-cost about what the int8 matmul saves, benchmarks/int8_matmul.py).
+Weights: one scale per output channel, absmax / 127 (63 without int8 dot products, below;
+quantize.quantize_rows), packed once into oneDNN's blocked layout. Activations: quantized as each
+matmul runs, one scale per row (token), so a row's result never depends on what it is batched with
+(one scale for the whole batch would). oneDNN takes one activation scale per call: it runs with
+scale 1 and the row scales multiply its output. Activations go in as u8 with zero point 128
+(symmetric int8 shifted), the u8 x s8 form VNNI and AMX multiply. The quantize and rescale passes
+are the engine's CPU kernels (csrc/int8_rows.cpp); eager torch ops where those did not build
+(correct, slower: the eager ops cost about what the int8 matmul saves, benchmarks/int8_matmul.py).
 
 On a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI, AMX) the matmul is about 1.9x bf16's
 (benchmarks/RESULTS.md). Without them (AVX2 only) oneDNN multiplies with vpmaddubsw, which adds
