@@ -127,14 +127,20 @@ def test_llmbatch_run_normal_end_and_ctrl_c(ray_base, tmp_path, tiny_dir):
     assert not pids_under(ray_base) and not list(ray_base.glob("s-*"))
 
     log = tmp_path / "run.log"
-    # 1,000 rows (100 shards): still running when Ctrl-C comes, however slow the first part was to appear.
-    proc = subprocess.Popen(cmd + [str(_run_job_file(tmp_path, tiny_dir, rows=1000, tokens=96))], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    # 10,000 rows (1,000 shards, minutes of work on a fast CPU): still running when Ctrl-C comes, however
+    # slow the first part was to appear. 1,000 rows (42 s) once ended before the test sent it.
+    proc = subprocess.Popen(cmd + [str(_run_job_file(tmp_path, tiny_dir, rows=10_000, tokens=96))], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
+        started = time.monotonic()
         session = session_of(ray_base, proc.pid)
-        wait_for(lambda: list((tmp_path / "out-1000").glob("data/*/part-*")), timeout=240)  # mid-job
+        seen = time.monotonic() - started
+        wait_for(lambda: list((tmp_path / "out-10000").glob("data/*/part-*")), timeout=240)  # mid-job
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(timeout=120) == 130
+        sent = time.monotonic() - started
+        code = proc.wait(timeout=120)
+        assert code == 130, (f"exit {code}: Ray seen {seen:.1f} s and Ctrl-C sent {sent:.1f} s after the start, "
+                             f"ended {time.monotonic() - started:.1f} s after; {log.read_text()[-2000:]}")
         assert gone(session, timeout=5), f"Ray processes left after Ctrl-C: {log.read_text()[-3000:]}"
     finally:
         if proc.poll() is None:
