@@ -129,13 +129,14 @@ def test_llmbatch_run_normal_end_and_ctrl_c(ray_base, tmp_path, tiny_dir):
     log = tmp_path / "run.log"
     # 10,000 rows (1,000 shards, minutes of work on a fast CPU): still running when Ctrl-C comes, however
     # slow the first part was to appear. 1,000 rows (42 s) once ended before the test sent it.
-    proc = subprocess.Popen(cmd + [str(_run_job_file(tmp_path, tiny_dir, rows=10_000, tokens=96))], cwd=REPO,
+    rows = 10_000
+    proc = subprocess.Popen(cmd + [str(_run_job_file(tmp_path, tiny_dir, rows=rows, tokens=96))], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     try:
         started = time.monotonic()
         session = session_of(ray_base, proc.pid)
         seen = time.monotonic() - started
-        wait_for(lambda: list((tmp_path / "out-10000").glob("data/*/part-*")), timeout=240)  # mid-job
+        wait_for(lambda: list((tmp_path / f"out-{rows}").glob("data/*/part-*")), timeout=240)  # mid-job
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         sent = time.monotonic() - started
         code = proc.wait(timeout=120)
